@@ -1,0 +1,135 @@
+"""`DendriticConfig`: a `BertConfig` plus the settings of the attention policy, validated on construction.
+
+Named presets live in ``PRESETS`` and load through :meth:`DendriticConfig.from_preset`:
+
+* ``smoke`` — a tiny random BERT (2 layers, hidden 64) for tests; runs every phase in minutes on 2 cores.
+* ``small`` — MiniLM-L6 shapes (all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, FFN 1536); the offline default.
+* ``paper`` — bert-base-uncased shapes (12 layers, hidden 768, 12 heads); for users with a GPU and the hub.
+"""
+
+from __future__ import annotations
+
+from transformers import BertConfig
+
+# Shapes of the checkpoints the presets stand for (from their config.json files).
+_MINILM_L6 = dict(
+    vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+    max_position_embeddings=512, type_vocab_size=2,
+)
+_BERT_BASE = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    max_position_embeddings=512, type_vocab_size=2,
+)
+
+PRESETS: dict[str, dict] = {
+    "smoke": dict(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=512, type_vocab_size=2, block_size=4, scorer_rank=8,
+    ),
+    # GLUE inputs are short (SST-2 ~15 tokens, RTE ~70): 4-token blocks make >= 50 % block sparsity reachable
+    # under the safety floor (DESIGN.md, "Granularity").  Speed experiments override block_size to 32-64.
+    "small": dict(**_MINILM_L6, block_size=4, scorer_rank=16),
+    "paper": dict(**_BERT_BASE, block_size=8, scorer_rank=16),
+}
+
+ATTENTION_BACKENDS = ("reference", "cpu", "cupy", "flex")
+
+
+class DendriticConfig(BertConfig):
+    r"""Configuration of a DendriticBERT model.
+
+    Args (beyond :class:`transformers.BertConfig`'s):
+        dendritic (`bool`, default True): False gives plain BERT attention (the dense baseline, same weights).
+        block_size (`int`, default 4): tokens per query/key block.
+        target_sparsity (`float` in [0, 1), default 0.5): average fraction of valid blocks to skip.
+        scorer_rank (`int`, default 16): rank of the per-head low-rank block scorer.
+        attention_backend (`str`, default "reference"): kernel used when masks are hard (inference):
+            one of ``ATTENTION_BACKENDS``.
+        dense_cls_row (`bool`, default True): keep the [CLS] query row dense (part of the safety floor).
+        gating (`bool`, default True): per-input threshold shift from the gating controller.
+        gating_max_shift (`float`, default 2.0): bound on the gate's shift of the threshold (in log-mass units).
+        gumbel (`bool`, default True): Gumbel (logistic) noise in the relaxed mask during training.
+        gumbel_temperature (`float`, default 1.0): Gumbel-sigmoid temperature; the trainer anneals it soft -> hard.
+        hard_masks_in_training (`bool`, default True): straight-through hard masks in the forward pass while
+            training (soft gradients); False trains on the soft relaxation.
+        head_budgets (`list[list[float]]` or None): per-layer, per-head target sparsities from the budget
+            allocator; None means every head gets ``target_sparsity``.
+        policy (`str`, default "learned"): "learned", or an ablation baseline: "random", "static" (local window +
+            global [CLS]), "training_free" (pooled-QK top-k, no learned scorer).
+        static_window (`int`, default 1): blocks on each side of the diagonal kept by the "static" policy.
+    """
+
+    model_type = "dendritic_bert"
+
+    def __init__(
+        self,
+        dendritic: bool = True,
+        block_size: int = 4,
+        target_sparsity: float = 0.5,
+        scorer_rank: int = 16,
+        attention_backend: str = "reference",
+        dense_cls_row: bool = True,
+        gating: bool = True,
+        gating_max_shift: float = 2.0,
+        gumbel: bool = True,
+        gumbel_temperature: float = 1.0,
+        hard_masks_in_training: bool = True,
+        head_budgets: list[list[float]] | None = None,
+        policy: str = "learned",
+        static_window: int = 1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dendritic = bool(dendritic)
+        self.block_size = block_size
+        self.target_sparsity = target_sparsity
+        self.scorer_rank = scorer_rank
+        self.attention_backend = attention_backend
+        self.dense_cls_row = bool(dense_cls_row)
+        self.gating = bool(gating)
+        self.gating_max_shift = gating_max_shift
+        self.gumbel = bool(gumbel)
+        self.gumbel_temperature = gumbel_temperature
+        self.hard_masks_in_training = bool(hard_masks_in_training)
+        self.head_budgets = head_budgets
+        self.policy = policy
+        self.static_window = static_window
+        self.validate_dendritic()
+
+    def validate_dendritic(self) -> None:
+        """Raise ``ValueError`` naming the field and its allowed range for any invalid setting."""
+        for name in ("block_size", "scorer_rank", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be a float in [0, 1), got {self.target_sparsity!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}")
+        if not (isinstance(self.gumbel_temperature, (int, float)) and self.gumbel_temperature > 0):
+            raise ValueError(f"gumbel_temperature must be a positive float, got {self.gumbel_temperature!r}")
+        if not (isinstance(self.gating_max_shift, (int, float)) and self.gating_max_shift >= 0):
+            raise ValueError(f"gating_max_shift must be a float >= 0, got {self.gating_max_shift!r}")
+        if self.policy not in ("learned", "random", "static", "training_free"):
+            raise ValueError(f"policy must be one of ['learned', 'random', 'static', 'training_free'], got {self.policy!r}")
+        if not isinstance(self.static_window, int) or self.static_window < 0:
+            raise ValueError(f"static_window must be an int >= 0, got {self.static_window!r}")
+        if self.head_budgets is not None:
+            shape = (self.num_hidden_layers, self.num_attention_heads)
+            rows = self.head_budgets
+            if len(rows) != shape[0] or any(len(r) != shape[1] for r in rows):
+                raise ValueError(f"head_budgets must have shape (num_hidden_layers, num_attention_heads) = {shape}")
+            if any(not 0.0 <= float(x) < 1.0 for r in rows for x in r):
+                raise ValueError("head_budgets entries are target sparsities and must lie in [0, 1)")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "DendriticConfig":
+        """A config from a named preset (``smoke``, ``small``, ``paper``) with keyword overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})

@@ -1,0 +1,207 @@
+// AVX-512 fp32 block-sparse attention forward: one (batch, head, query block) task at a time.
+//
+// Every function here carries DENDRITIC_AVX512 (a per-function target attribute), so this TU is built with the
+// same flags as the rest of the extension and the binary still loads on CPUs without AVX-512; the dispatcher in
+// block_sparse_cpu.cpp calls in only after __builtin_cpu_supports("avx512f").  Only intrinsics and plain C
+// are used (no STL), and everything but the three entry points has internal linkage.
+//
+// Layout of one query chunk (M = 16*MV query rows), all tiles L1-sized:
+//   Qt[d][M]   query chunk, transposed and pre-multiplied by scale*log2(e) (so softmax uses exp2)
+//   S[KC][M]   score / probability tile, KEY-major: row j is one vector per 16 query rows, so the running max,
+//              exp2 and row sums are plain vector ops with no horizontal reduction
+//   Ot[d][M]   un-normalised output, transposed; rescaled by alpha = exp2(m_old - m_new) per chunk
+//   m[M], l[M] running max and running sum (online softmax)
+// K and V are read in place from the input tensors (no gather); a key tile of KJ rows clamps its row pointers to
+// the chunk and masks the surplus rows to -inf.
+#include "block_sparse_cpu.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#define DENDRITIC_AVX512 __attribute__((target("avx512f,avx2,fma"), always_inline)) inline
+
+namespace dendritic {
+namespace {
+
+constexpr int KC = 32;  // keys per score tile
+constexpr int KJ = 8;   // keys per Q.K^T register tile
+constexpr int DD = 8;   // head dims per P.V register tile
+
+// 2^x for x <= 128; exactly 0 for x < -126 (and for -inf / NaN from masked entries).
+DENDRITIC_AVX512 __m512 exp2_ps(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
+  const __m512 xi = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, xi);  // [-0.5, 0.5]
+  // Taylor series of 2^r = e^(r ln2) to degree 7: relative error < 6e-9 on [-0.5, 0.5].
+  __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.5403530393381606e-04f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284770e-03f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910070e-01f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994530e-01f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, xi));
+}
+
+// S[0:KJ rows] = Qt^T K for KJ keys starting at key j0 of the chunk; masks keys >= kc and padded keys; folds the
+// tile max into mt.
+template <int MV>
+DENDRITIC_AVX512 void qk_tile(const float* __restrict Qt, const float* __restrict Kc, int64_t d, int j0, int kc,
+                              const uint8_t* valid, float* __restrict S, __m512* mt) {
+  constexpr int M = 16 * MV;
+  const float* kp[KJ];
+  for (int u = 0; u < KJ; ++u) kp[u] = Kc + (int64_t)(j0 + u < kc ? j0 + u : kc - 1) * d;
+  __m512 acc[KJ][MV];
+  for (int u = 0; u < KJ; ++u)
+    for (int w = 0; w < MV; ++w) acc[u][w] = _mm512_setzero_ps();
+  for (int64_t e = 0; e < d; ++e) {
+    __m512 qv[MV];
+    for (int w = 0; w < MV; ++w) qv[w] = _mm512_load_ps(Qt + e * M + 16 * w);
+    for (int u = 0; u < KJ; ++u) {
+      const __m512 kb = _mm512_set1_ps(kp[u][e]);
+      for (int w = 0; w < MV; ++w) acc[u][w] = _mm512_fmadd_ps(kb, qv[w], acc[u][w]);
+    }
+  }
+  const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+  for (int u = 0; u < KJ; ++u) {
+    const int j = j0 + u;
+    const bool dead = j >= kc || (valid != nullptr && !valid[j]);
+    for (int w = 0; w < MV; ++w) {
+      const __m512 s = dead ? ninf : acc[u][w];
+      mt[w] = _mm512_max_ps(mt[w], s);
+      _mm512_store_ps(S + (int64_t)j * M + 16 * w, s);
+    }
+  }
+}
+
+// Ot[e0:e0+T] = Ot[e0:e0+T] * alpha + V[:, e0:e0+T]^T P   (P = S after exp2), for one query chunk.
+template <int MV, int T>
+DENDRITIC_AVX512 void pv_tile(const float* __restrict S, const float* __restrict Vc, int64_t d, int64_t e0, int kc,
+                              const __m512* alpha, float* __restrict Ot) {
+  constexpr int M = 16 * MV;
+  __m512 acc[T][MV];
+  for (int t = 0; t < T; ++t)
+    for (int w = 0; w < MV; ++w) acc[t][w] = _mm512_mul_ps(_mm512_load_ps(Ot + (e0 + t) * M + 16 * w), alpha[w]);
+  for (int j = 0; j < kc; ++j) {
+    __m512 pv[MV];
+    for (int w = 0; w < MV; ++w) pv[w] = _mm512_load_ps(S + (int64_t)j * M + 16 * w);
+    const float* vr = Vc + (int64_t)j * d + e0;
+    for (int t = 0; t < T; ++t) {
+      const __m512 vb = _mm512_set1_ps(vr[t]);
+      for (int w = 0; w < MV; ++w) acc[t][w] = _mm512_fmadd_ps(vb, pv[w], acc[t][w]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int w = 0; w < MV; ++w) _mm512_store_ps(Ot + (e0 + t) * M + 16 * w, acc[t][w]);
+}
+
+// One chunk of kc <= KC keys (rows Kc/Vc, in place): scores, online-softmax update, P.V.
+template <int MV>
+DENDRITIC_AVX512 void key_chunk(const float* Qt, const float* Kc, const float* Vc, int64_t d, int kc,
+                                const uint8_t* valid, float* S, float* Ot, __m512* m, __m512* l) {
+  constexpr int M = 16 * MV;
+  __m512 mt[MV];
+  for (int w = 0; w < MV; ++w) mt[w] = _mm512_set1_ps(-__builtin_inff());
+  for (int j0 = 0; j0 < kc; j0 += KJ) qk_tile<MV>(Qt, Kc, d, j0, kc, valid, S, mt);
+
+  __m512 mu[MV], alpha[MV], rs[MV];
+  for (int w = 0; w < MV; ++w) {
+    const __m512 mn = _mm512_max_ps(m[w], mt[w]);
+    // A row that has seen no live key yet keeps m = -inf; subtract 0 instead so nothing becomes NaN.
+    const __mmask16 dead = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+    mu[w] = _mm512_mask_mov_ps(mn, dead, _mm512_setzero_ps());
+    alpha[w] = exp2_ps(_mm512_sub_ps(m[w], mu[w]));
+    m[w] = mn;
+    rs[w] = _mm512_setzero_ps();
+  }
+  for (int j = 0; j < kc; ++j) {
+    for (int w = 0; w < MV; ++w) {
+      float* sp = S + (int64_t)j * M + 16 * w;
+      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(sp), mu[w]));
+      rs[w] = _mm512_add_ps(rs[w], p);
+      _mm512_store_ps(sp, p);
+    }
+  }
+  for (int w = 0; w < MV; ++w) l[w] = _mm512_fmadd_ps(l[w], alpha[w], rs[w]);
+
+  int64_t e0 = 0;
+  for (; e0 + DD <= d; e0 += DD) pv_tile<MV, DD>(S, Vc, d, e0, kc, alpha, Ot);
+  for (; e0 < d; ++e0) pv_tile<MV, 1>(S, Vc, d, e0, kc, alpha, Ot);
+}
+
+template <int MV>
+__attribute__((target("avx512f,avx2,fma"))) void run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
+  constexpr int M = 16 * MV;
+  const int64_t d = p.d, n = p.n, bs = p.block_size, nb = p.nb;
+  const int64_t bh = task / nb, qb = task % nb, b = bh / p.H;
+  const float* Qh = static_cast<const float*>(p.q) + bh * n * d;
+  const float* Kh = static_cast<const float*>(p.k) + bh * n * d;
+  const float* Vh = static_cast<const float*>(p.v) + bh * n * d;
+  float* Oh = static_cast<float*>(p.out) + bh * n * d;
+  const int64_t nk = p.nblk[task];
+  const int32_t* idx = p.idx + task * nb;
+  const uint8_t* kvalid = p.key_valid ? p.key_valid + b * n : nullptr;
+  const uint8_t* bfull = p.block_full ? p.block_full + b * nb : nullptr;
+
+  float* Qt = scratch;       // d * M
+  float* Ot = Qt + d * M;    // d * M
+  float* S = Ot + d * M;     // KC * M
+  const float c = (float)(p.scale * 1.4426950408889634);  // scale * log2(e)
+
+  const int64_t q0 = qb * bs, qrows = (bs < n - q0) ? bs : n - q0;
+  for (int64_t r0 = 0; r0 < qrows; r0 += M) {
+    const int64_t rows = (M < qrows - r0) ? M : qrows - r0;
+    const float* Qr = Qh + (q0 + r0) * d;
+    for (int64_t e = 0; e < d; ++e)
+      for (int64_t i = 0; i < M; ++i) Qt[e * M + i] = i < rows ? Qr[i * d + e] * c : 0.0f;
+    for (int64_t x = 0; x < d * M; x += 16) _mm512_store_ps(Ot + x, _mm512_setzero_ps());
+    __m512 m[MV], l[MV];
+    for (int w = 0; w < MV; ++w) {
+      m[w] = _mm512_set1_ps(-__builtin_inff());
+      l[w] = _mm512_setzero_ps();
+    }
+    for (int64_t s = 0; s < nk; ++s) {
+      const int64_t k0 = (int64_t)idx[s] * bs;
+      const int64_t kcount = (bs < n - k0) ? bs : n - k0;
+      const uint8_t* valid = (kvalid && !bfull[idx[s]]) ? kvalid + k0 : nullptr;
+      for (int64_t c0 = 0; c0 < kcount; c0 += KC) {
+        const int kc = (int)((KC < kcount - c0) ? KC : kcount - c0);
+        key_chunk<MV>(Qt, Kh + (k0 + c0) * d, Vh + (k0 + c0) * d, d, kc, valid ? valid + c0 : nullptr, S, Ot, m, l);
+      }
+    }
+    float inv[M];
+    for (int w = 0; w < MV; ++w) {
+      const __mmask16 live = _mm512_cmp_ps_mask(l[w], _mm512_setzero_ps(), _CMP_GT_OQ);
+      _mm512_storeu_ps(inv + 16 * w, _mm512_maskz_div_ps(live, _mm512_set1_ps(1.0f), l[w]));
+    }
+    float* Or = Oh + (q0 + r0) * d;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t e = 0; e < d; ++e) Or[i * d + e] = Ot[e * M + i] * inv[i];
+  }
+}
+
+}  // namespace
+
+bool avx512_compiled() { return true; }
+
+int64_t avx512_scratch_floats(const BlockSparseParams& p) { return (2 * p.d + KC) * 32 + 16; }
+
+void avx512_run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
+  if (p.block_size <= 16)
+    run_task<1>(p, task, scratch);
+  else
+    run_task<2>(p, task, scratch);
+}
+
+}  // namespace dendritic
+
+#else  // not x86-64: no AVX-512 path
+
+namespace dendritic {
+bool avx512_compiled() { return false; }
+int64_t avx512_scratch_floats(const BlockSparseParams&) { return 0; }
+void avx512_run_task(const BlockSparseParams&, int64_t, float*) {}
+}  // namespace dendritic
+
+#endif

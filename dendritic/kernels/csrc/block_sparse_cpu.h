@@ -1,0 +1,28 @@
+// Shared between the dispatching TU (block_sparse_cpu.cpp) and the AVX-512 TU (block_sparse_avx512.cpp).
+// Plain C structs only: the AVX-512 TU must not instantiate any inline/template code that the rest of the
+// binary could share (an AVX-512 copy of an inline function picked by the linker would break older CPUs).
+#pragma once
+#include <cstdint>
+
+namespace dendritic {
+
+// One forward call.  Pointers index (B, H, n, d) row-major tensors; `nblk` is (B, H, nb), `idx` (B, H, nb, nb).
+struct BlockSparseParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  const int32_t* nblk;
+  const int32_t* idx;
+  const uint8_t* key_valid;   // (B, n): 1 = real key; nullptr = no padding
+  const uint8_t* block_full;  // (B, nb): 1 = every key of that block is real; nullptr = no padding
+  int64_t B, H, n, d, block_size, nb;
+  double scale;
+};
+
+// AVX-512 fp32 path (compiled with per-function target attributes; call only after a runtime CPU check).
+bool avx512_compiled();                                      // false on non-x86 builds
+int64_t avx512_scratch_floats(const BlockSparseParams& p);   // per-thread scratch size, in floats
+void avx512_run_task(const BlockSparseParams& p, int64_t task, float* scratch);
+
+}  // namespace dendritic

@@ -1,0 +1,224 @@
+"""The "cupy" backend: the fused block-sparse flash-style forward of ``cuda/block_sparse_attention.cu``, compiled by
+NVRTC through CuPy and launched on PyTorch's current CUDA stream, zero-copy on torch tensors.
+
+Layers (flash-attention style): :func:`_launch` (compile-once cache, raw launch) → :func:`_check_cuda_inputs`
+(what this kernel supports) → :func:`cupy_attention` (the backend function, the reference's signature) and
+:func:`cupy_attention_forward` (also returns the log-sum-exp for a backward pass).
+
+Importing this module needs CuPy installed but never imports it, nor touches a GPU; CuPy is imported at the
+first launch.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import numpy
+import torch
+
+if importlib.util.find_spec("cupy") is None:
+    raise ImportError("the 'cupy' backend needs CuPy and the CUDA headers: pip install 'dendritic-bert[cuda]'")
+
+__all__ = [
+    "CUDA_DIR",
+    "SUPPORTED_BLOCK_SIZES",
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+    "cuda_include_dirs",
+    "cupy_attention",
+    "cupy_attention_forward",
+    "kernel_name",
+    "kernel_names",
+    "nvrtc_options",
+]
+
+CUDA_DIR = Path(os.environ.get("DENDRITIC_CUDA_DIR", Path(__file__).resolve().parents[2] / "cuda"))
+SOURCE = "block_sparse_attention.cu"
+KERNEL = "block_sparse_attention_fwd"
+SUPPORTED_DTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}  # C++ types
+SUPPORTED_HEAD_DIMS = (32, 64, 128)
+SUPPORTED_BLOCK_SIZES = (16, 32, 64)
+THREADS = {16: 128, 32: 128, 64: 256}  # block size -> threads per block: Config<D, BS>::kThreads in the .cu
+LOG2E = math.log2(math.e)  # the kernel works with base-2 exponentials
+
+
+def kernel_name(dtype: torch.dtype, head_dim: int, block_size: int) -> str:
+    """The template instantiation of one variant, as passed to NVRTC's ``name_expressions``."""
+    return f"{KERNEL}<{SUPPORTED_DTYPES[dtype]}, {head_dim}, {block_size}>"
+
+
+def kernel_names() -> list[str]:
+    """Every variant the backend can launch."""
+    return [
+        kernel_name(dt, d, bs) for dt in SUPPORTED_DTYPES for d in SUPPORTED_HEAD_DIMS for bs in SUPPORTED_BLOCK_SIZES
+    ]
+
+
+def cuda_include_dirs() -> list[Path]:
+    """Directories holding ``cuda_fp16.h``/``cuda_bf16.h`` for NVRTC: the nvidia-cuda-runtime wheel's, then a
+    toolkit's (``CUDA_HOME``/``CUDA_PATH``/``/usr/local/cuda``).  Pure file-system lookups."""
+    dirs = []
+    spec = importlib.util.find_spec("nvidia")
+    for base in spec.submodule_search_locations if spec else []:
+        dirs += sorted(Path(base).glob("cu*/include")) + [Path(base) / "cuda_runtime" / "include"]
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            dirs.append(Path(root) / "include")
+    found = []
+    for d in dirs:
+        if (d / "cuda_fp16.h").is_file() and d not in found:
+            found.append(d)
+    return found
+
+
+def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
+    """NVRTC options for every variant; ``arch`` (e.g. ``"sm_90"``) only for device-less builds — at run time
+    CuPy picks the current device's architecture."""
+    opts = ["-std=c++17", *(f"-I{d}" for d in cuda_include_dirs()[:1])]
+    if arch is not None:
+        opts.insert(0, f"-arch={arch}")
+    return tuple(opts)
+
+
+@functools.cache
+def kernel_source() -> str:
+    """The kernel's CUDA C++ source, read once."""
+    return (CUDA_DIR / SOURCE).read_text()
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:  # installed but broken (e.g. a CUDA major version mismatch)
+        raise ImportError(f"the 'cupy' backend could not import CuPy ({e}): pip install 'dendritic-bert[cuda]'") from e
+    return cupy
+
+
+_kernels: dict[tuple[int, torch.dtype, int, int], object] = {}  # (device, dtype, d, block) -> cupy.RawKernel
+
+
+def _kernel(device_index: int, dtype: torch.dtype, head_dim: int, block_size: int):
+    """The compiled kernel for one variant on one device (NVRTC runs once per variant and device)."""
+    key = (device_index, dtype, head_dim, block_size)
+    if key not in _kernels:
+        cupy = _cupy()
+        name = kernel_name(dtype, head_dim, block_size)
+        with cupy.cuda.Device(device_index):
+            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(), name_expressions=[name])
+            _kernels[key] = module.get_function(name)
+    return _kernels[key]
+
+
+def _ptr(t: torch.Tensor | None) -> numpy.uint64:
+    """A tensor's device address as a by-value kernel argument (zero-copy; 0 for None)."""
+    return numpy.uint64(t.data_ptr() if t is not None else 0)
+
+
+def _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, *, block_size: int, scale: float) -> None:
+    """Launch the forward kernel on torch's current stream; every tensor already checked by the caller."""
+    cupy = _cupy()
+    B, H, n, d = q.shape
+    nb = -(-n // block_size)
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    kernel = _kernel(device, q.dtype, d, block_size)
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(q.device).cuda_stream, device)
+    with cupy.cuda.Device(device), stream:
+        kernel(
+            grid=(B * H * nb,),  # one block per (batch, head, query block)
+            block=(THREADS[block_size],),
+            args=(
+                _ptr(q), _ptr(k), _ptr(v), _ptr(kv_num_blocks), _ptr(kv_indices), _ptr(key_padding_mask), _ptr(out), _ptr(lse),
+                numpy.int32(n), numpy.int32(H), numpy.float32(scale * LOG2E),
+            ),  # fmt: skip
+            shared_mem=0,  # all shared memory is static in the kernel
+        )
+
+
+def _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask) -> None:
+    """Raise for anything this kernel does not support (shapes and index ranges are checked by
+    :func:`dendritic.kernels.validate_inputs`, which :func:`~dendritic.kernels.block_sparse_attention` runs first)."""
+    tensors = {"q": q, "k": k, "v": v, "kv_num_blocks": kv_num_blocks, "kv_indices": kv_indices}
+    if key_padding_mask is not None:
+        tensors["key_padding_mask"] = key_padding_mask
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_cuda:
+            where = t.device if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"the 'cupy' backend needs CUDA tensors; {name} is on {where} (move inputs with .cuda(), or use "
+                f"backend='cpu' or 'reference')"
+            )
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous for the 'cupy' backend (call .contiguous() first)")
+    if q.dtype not in SUPPORTED_DTYPES or not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"the 'cupy' backend supports {list(SUPPORTED_DTYPES)} (q, k, v alike), got {q.dtype}")
+    if q.dim() != 4 or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"the 'cupy' backend supports head dims {SUPPORTED_HEAD_DIMS}, got q of shape {tuple(q.shape)}")
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"the 'cupy' backend supports block sizes {SUPPORTED_BLOCK_SIZES}, got {block_size}")
+    if kv_num_blocks.dtype != torch.int32 or kv_indices.dtype != torch.int32:
+        raise TypeError("kv_num_blocks and kv_indices must be int32")
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be bool (True = real token), got {key_padding_mask.dtype}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.data_ptr() % (4 * t.element_size()):  # the kernel moves 4 elements per load
+            raise ValueError(f"{name} must start on a {4 * t.element_size()}-byte boundary (call .clone() first)")
+    B, H, n, _ = q.shape
+    if B * H * (-(-n // block_size)) >= 2**31:
+        raise ValueError(f"too many (batch, head, query block) triples for one launch: {B}x{H}x{-(-n // block_size)}")
+
+
+def cupy_attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    *,
+    block_size: int,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention forward on the GPU, plus the softmax statistics a backward pass needs.
+
+    Args:
+        q, k, v: (B, H, n, d) contiguous CUDA tensors, float32/float16/bfloat16, d in {32, 64, 128}.
+        kv_num_blocks: int32 (B, H, nb), nb = ceil(n / block_size).
+        kv_indices: int32 (B, H, nb, nb), kept key-block indices first.
+        block_size: 16, 32 or 64 (the last block may be partial).
+        key_padding_mask: bool (B, n), True = real token; or None.
+        scale: softmax scale.
+
+    Returns:
+        out (B, H, n, d) in q's dtype (zeros for a row with no real kept key) and lse (B, H, n) float32, the
+        natural-log log-sum-exp of each row's kept scaled logits (-inf for such a row).
+    """
+    _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask)
+    B, H, n, _ = q.shape
+    out = torch.empty_like(q)  # (B, H, n, d)
+    lse = torch.empty(B, H, n, dtype=torch.float32, device=q.device)  # (B, H, n)
+    _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, block_size=block_size, scale=float(scale))
+    return out, lse
+
+
+def cupy_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    *,
+    block_size: int,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """The "cupy" backend: arguments as in :func:`dendritic.kernels.block_sparse_attention`; returns (B, H, n, d)."""
+    out, _ = cupy_attention_forward(
+        q, k, v, kv_num_blocks, kv_indices, block_size=block_size, key_padding_mask=key_padding_mask, scale=scale
+    )
+    return out

@@ -1,0 +1,279 @@
+"""DendriticBERT models: `BertModel`, `BertForMaskedLM` and `BertForSequenceClassification` with
+`DendriticSelfAttention` in every layer, registered with the Auto classes.
+
+Parameter names are BERT's (``bert.encoder.layer.N.attention.self.query.weight`` …), so BERT checkpoints load
+unchanged and the policy's parameters (``…attention.self.scorer/gate/perforation…``) sit beside them.
+Every output carries the achieved sparsity of the forward pass it comes from:
+
+* ``block_sparsity`` (num_layers, B): fraction of real block pairs skipped (the blocks the kernel never computes);
+* ``pair_sparsity``  (num_layers, B): the same as a fraction of real query–key *token pairs*;
+* ``keep_fraction``  (num_layers, B, H): relaxed keep fraction (differentiable; the sparsity loss uses it);
+* ``keep_target``    (num_layers, B, H): the keep fraction each head's budget asks for;
+* ``block_masks``    per-layer bool (B, H, nb, nb), only with ``output_block_masks=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+
+from .attention import DendriticSelfAttention
+from .config import DendriticConfig
+from .masks import token_level_sparsity
+
+
+@dataclass
+class DendriticOutputMixin:
+    block_sparsity: torch.Tensor | None = None
+    pair_sparsity: torch.Tensor | None = None
+    keep_fraction: torch.Tensor | None = None
+    keep_target: torch.Tensor | None = None
+    block_masks: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DendriticModelOutput(BaseModelOutputWithPoolingAndCrossAttentions, DendriticOutputMixin):
+    pass
+
+
+@dataclass
+class DendriticMaskedLMOutput(MaskedLMOutput, DendriticOutputMixin):
+    pass
+
+
+@dataclass
+class DendriticSequenceClassifierOutput(SequenceClassifierOutput, DendriticOutputMixin):
+    pass
+
+
+def _validate_inputs(config, input_ids, attention_mask, inputs_embeds) -> None:
+    """One clear error, naming the argument, for inputs BERT would otherwise fail on deep inside."""
+    x = input_ids if input_ids is not None else inputs_embeds
+    if x is None:
+        raise ValueError("pass input_ids (B, n) or inputs_embeds (B, n, hidden_size)")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {config.vocab_size - 1}] (vocab_size)")
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {config.hidden_size}), got {tuple(inputs_embeds.shape)}")
+        if not torch.isfinite(inputs_embeds).all():
+            raise ValueError("inputs_embeds contains NaN or Inf")
+    B, n = x.shape[:2]
+    if B == 0 or n == 0:
+        raise ValueError(f"the batch must hold at least one sequence of at least one token, got shape {tuple(x.shape[:2])}")
+    if n > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {n} exceeds max_position_embeddings={config.max_position_embeddings}; "
+            "truncate the input (tokenizer(..., truncation=True)) or use a config with more positions"
+        )
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (B, n):
+            raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, n)}, got {tuple(attention_mask.shape)}")
+        if config.dendritic and not bool(attention_mask[:, 0].bool().all()):
+            raise ValueError("attention_mask must keep the first token ([CLS]) of every sequence (left padding is not supported)")
+
+
+class DendriticBertModel(BertModel):
+    """``BertModel`` with dendritic self-attention (see the module docstring for the extra outputs)."""
+
+    config_class = DendriticConfig
+
+    def __init__(self, config: DendriticConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        for i, layer in enumerate(self.encoder.layer):
+            layer.attention.self = DendriticSelfAttention(config, layer_idx=i)
+        self.post_init()
+        self.init_policy_from_attention()
+
+    # -- policy helpers -----------------------------------------------------------------------------------
+    def dendritic_layers(self) -> list[DendriticSelfAttention]:
+        return [layer.attention.self for layer in self.encoder.layer]
+
+    @torch.no_grad()
+    def init_policy_from_attention(self) -> None:
+        """Start each scorer at the rank-r approximation of its layer's pooled-QK score; zero the gates."""
+        for attn in self.dendritic_layers():
+            attn.scorer.init_from_attention(attn.query, attn.key)
+            attn.gate.reset_output()
+            attn.perforation.offset.zero_()
+
+    def set_temperature(self, temperature: float) -> None:
+        for attn in self.dendritic_layers():
+            attn.temperature = float(temperature)
+
+    def set_head_budgets(self, budgets: list[list[float]]) -> None:
+        """Install per-layer, per-head target sparsities (also written into the config, so they are saved)."""
+        self.config.head_budgets = [[float(x) for x in row] for row in budgets]
+        self.config.validate_dendritic()
+
+    def policy_parameters(self) -> list[torch.nn.Parameter]:
+        """Scorer, gate and threshold parameters (they get their own learning rate and clipping)."""
+        return [p for attn in self.dendritic_layers() for m in (attn.scorer, attn.gate, attn.perforation) for p in m.parameters()]
+
+    def collect_policy(self, attention_mask: torch.Tensor | None, n: int, record_masks: bool) -> dict:
+        """Stack what each layer's policy decided in the last forward pass into output fields."""
+        layers = [attn.last_policy for attn in self.dendritic_layers()]
+        if any(p is None for p in layers):
+            return {}
+        B = layers[0].hard.shape[0]
+        key_padding = attention_mask.bool() if attention_mask is not None else torch.ones(B, n, dtype=torch.bool, device=layers[0].hard.device)
+        return dict(
+            block_sparsity=torch.stack([p.block_sparsity for p in layers]),  # (L, B)
+            pair_sparsity=torch.stack([token_level_sparsity(p.hard, key_padding, self.config.block_size).mean(-1) for p in layers]),
+            keep_fraction=torch.stack([p.keep_fraction for p in layers]),  # (L, B, H)
+            keep_target=torch.stack([p.target_keep for p in layers]),  # (L, B, H)
+            block_masks=tuple(p.hard for p in layers) if record_masks else None,
+        )
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                output_block_masks: bool = False, **kwargs):
+        _validate_inputs(self.config, input_ids, attention_mask, inputs_embeds)
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+        if not torch.isfinite(out.last_hidden_state).all():
+            bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+            raise FloatingPointError(
+                "non-finite hidden states" + (f"; non-finite weights in {bad[:5]}" if bad else " (weights are finite)")
+            )
+        n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        policy = self.collect_policy(attention_mask, n, output_block_masks) if self.config.dendritic else {}
+        if not policy:  # dense attention: nothing skipped
+            B = out.last_hidden_state.shape[0]
+            zeros = out.last_hidden_state.new_zeros(self.config.num_hidden_layers, B)
+            policy = dict(block_sparsity=zeros, pair_sparsity=zeros)
+        return DendriticModelOutput(**out, **policy)
+
+
+def _policy_fields(out: DendriticModelOutput) -> dict:
+    return {f: getattr(out, f) for f in ("block_sparsity", "pair_sparsity", "keep_fraction", "keep_target", "block_masks")}
+
+
+class DendriticBertForMaskedLM(BertForMaskedLM):
+    config_class = DendriticConfig
+
+    def __init__(self, config: DendriticConfig):
+        super().__init__(config)
+        self.bert = DendriticBertModel(config, add_pooling_layer=False)
+        self.post_init()
+        self.bert.init_policy_from_attention()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_block_masks: bool = False, **kwargs):
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_block_masks=output_block_masks, **kwargs)
+        logits = self.cls(outputs.last_hidden_state)  # (B, n, vocab)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        return DendriticMaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions, **_policy_fields(outputs))
+
+
+class DendriticBertForSequenceClassification(BertForSequenceClassification):
+    config_class = DendriticConfig
+
+    def __init__(self, config: DendriticConfig):
+        super().__init__(config)
+        self.bert = DendriticBertModel(config)
+        self.post_init()
+        self.bert.init_policy_from_attention()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_block_masks: bool = False, **kwargs):
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_block_masks=output_block_masks, **kwargs)
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:  # regression (STS-B)
+                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, labels.long())
+        return DendriticSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                 attentions=outputs.attentions, **_policy_fields(outputs))
+
+
+AutoConfig.register(DendriticConfig.model_type, DendriticConfig)
+AutoModel.register(DendriticConfig, DendriticBertModel)
+AutoModelForMaskedLM.register(DendriticConfig, DendriticBertForMaskedLM)
+AutoModelForSequenceClassification.register(DendriticConfig, DendriticBertForSequenceClassification)
+
+# BERT class -> the dendritic class it becomes; and the state-dict prefix of its encoder.
+_MATCHING = {
+    BertModel: DendriticBertModel,
+    BertForMaskedLM: DendriticBertForMaskedLM,
+    BertForSequenceClassification: DendriticBertForSequenceClassification,
+}
+_HEADS = {"base": DendriticBertModel, "mlm": DendriticBertForMaskedLM, "sequence_classification": DendriticBertForSequenceClassification}
+
+
+def from_bert(bert: str | Path | PreTrainedModel, *, head: str | None = None, **config_overrides) -> PreTrainedModel:
+    """Convert a BERT checkpoint into DendriticBERT, copying every BERT weight and initialising the policy fresh.
+
+    Args:
+        bert: a local folder, a hub id (e.g. ``"bert-base-uncased"``; needs the hub), or a ``Bert*`` model instance.
+        head: ``"base"``, ``"mlm"`` or ``"sequence_classification"``; default: the class matching ``bert``
+            (a base checkpoint given ``head="mlm"`` gets a fresh MLM head, tied to the word embeddings).
+        **config_overrides: any :class:`DendriticConfig` field (``block_size``, ``target_sparsity``, ``num_labels`` …).
+    """
+    if isinstance(bert, (str, Path)):
+        source_config = AutoConfig.from_pretrained(bert)
+        arch = (source_config.architectures or ["BertModel"])[0]
+        source_cls = {"BertForMaskedLM": BertForMaskedLM, "BertForSequenceClassification": BertForSequenceClassification,
+                      "BertForPreTraining": BertForMaskedLM}.get(arch, BertModel)
+        bert = source_cls.from_pretrained(bert, attn_implementation="eager")
+    if not isinstance(bert, tuple(_MATCHING)):
+        raise TypeError(f"bert must be a path, a hub id or one of {[c.__name__ for c in _MATCHING]}; got {type(bert).__name__}")
+    if head is not None and head not in _HEADS:
+        raise ValueError(f"head must be one of {list(_HEADS)}, got {head!r}")
+    target_cls = _HEADS[head] if head else _MATCHING[type(bert)]
+    fields = bert.config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map"):
+        fields.pop(key, None)
+    config = DendriticConfig(**{**fields, **config_overrides})
+    model = target_cls(config)
+
+    source = bert.state_dict()
+    if isinstance(bert, BertModel) and target_cls is not DendriticBertModel:
+        source = {f"bert.{k}": v for k, v in source.items()}
+    elif not isinstance(bert, BertModel) and target_cls is DendriticBertModel:
+        source = {k[len("bert."):]: v for k, v in source.items() if k.startswith("bert.")}
+    target = model.state_dict()
+    # An MLM model has no pooler (as in BERT): the pooler of a base checkpoint is the one weight left behind.
+    source = {k: v for k, v in source.items() if k in target or "pooler." not in k}
+    unused = sorted(k for k in source if k not in target)
+    if unused:
+        raise ValueError(f"weights of {type(bert).__name__} with no place in {target_cls.__name__}: {unused[:5]}")
+    mismatched = [k for k in source if source[k].shape != target[k].shape]
+    if mismatched:
+        raise ValueError(f"shape mismatch for {mismatched[:5]} (config overrides changed the architecture?)")
+    model.load_state_dict(source, strict=False)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    base = model if isinstance(model, DendriticBertModel) else model.bert
+    base.init_policy_from_attention()
+    return model

