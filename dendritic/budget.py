@@ -36,14 +36,20 @@ def allocate_budgets(
     rank = torch.argsort(torch.argsort(s)).double()
     centred = 1.0 - 2.0 * rank / max(len(s) - 1, 1)  # most sensitive -> -1, least -> +1
     width = spread * min(target_sparsity, max_sparsity - target_sparsity)
-    raw = target_sparsity + width * centred
+    raw = (target_sparsity + width * centred).view_as(sensitivity)
+    return retarget_budgets(raw.tolist(), target_sparsity, max_sparsity=max_sparsity)
 
+
+def retarget_budgets(budgets: list[list[float]], target_sparsity: float, *, max_sparsity: float = 0.95) -> list[list[float]]:
+    """Move a budget table to a new mean target, keeping its shape: a common shift (bisection, as in
+    :func:`allocate_budgets`) so the clipped mean equals ``target_sparsity``."""
+    raw = torch.tensor(budgets, dtype=torch.float64)
     lo, hi = -1.0, 1.0
-    for _ in range(60):  # bisection on a common shift so the clipped mean hits the target
+    for _ in range(60):
         mid = (lo + hi) / 2
         if (raw + mid).clamp(0.0, max_sparsity).mean() < target_sparsity:
             lo = mid
         else:
             hi = mid
-    out = (raw + (lo + hi) / 2).clamp(0.0, max_sparsity).view_as(sensitivity)
+    out = (raw + (lo + hi) / 2).clamp(0.0, max_sparsity)
     return [[round(float(x), 6) for x in row] for row in out]

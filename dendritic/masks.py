@@ -54,9 +54,16 @@ def dense_to_block_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
     keep: bool (B, H, nq, nk).  Returns ``kv_num_blocks`` int32 (B, H, nq), ``kv_indices`` int32 (B, H, nq, nk).
     """
-    kv_num_blocks = keep.sum(dim=-1, dtype=torch.int32)  # (B, H, nq)
-    # A stable sort on "is skipped" puts kept blocks first, each group in ascending block order.
-    kv_indices = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True).to(torch.int32)  # (B, H, nq, nk)
+    nk = keep.shape[-1]
+    keep_i = keep.to(torch.int32)
+    kv_num_blocks = keep_i.sum(dim=-1, dtype=torch.int32)  # (B, H, nq)
+    # Slot of each block: kept blocks take slots 0..kept-1 in ascending order, skipped ones the rest — a
+    # counting sort by cumulative sums (O(nk) per row, no comparison sort).
+    kept_slot = keep_i.cumsum(dim=-1, dtype=torch.int32) - 1  # (B, H, nq, nk)
+    skipped_slot = kv_num_blocks[..., None] + (1 - keep_i).cumsum(dim=-1, dtype=torch.int32) - 1
+    slot = torch.where(keep, kept_slot, skipped_slot).long()
+    block = torch.arange(nk, dtype=torch.int32, device=keep.device).expand_as(keep_i)
+    kv_indices = torch.empty_like(keep_i).scatter_(-1, slot, block)  # (B, H, nq, nk)
     return kv_num_blocks, kv_indices
 
 

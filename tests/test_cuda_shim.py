@@ -112,7 +112,7 @@ def _case(B, H, n, d, block_size, keep_fraction, *, floor=True, pad_tail=0, dtyp
         pad = torch.ones(B, n, dtype=torch.bool)
         pad[:, n - pad_tail :] = False
     validate_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, pad)
-    return q, k, v, kv_num_blocks, kv_indices, dict(block_size=block_size, key_padding_mask=pad, scale=d**-0.5)
+    return q, k, v, kv_num_blocks, kv_indices, {"block_size": block_size, "key_padding_mask": pad, "scale": d**-0.5}
 
 
 CASES = {
@@ -122,6 +122,9 @@ CASES = {
     "dense_bf16": (1, 2, 48, 32, 16, 1.0, True, 0, torch.bfloat16),
     "empty_rows_no_floor_f32": (1, 2, 64, 32, 16, 0.3, False, 5, torch.float32),
     "d64_block32_partial_f16": (1, 1, 70, 64, 32, 0.5, True, 3, torch.float16),
+    # d=128, block 64: each key block is two 32-key tiles; n=100 leaves 4 keys in the last tile, n=90 none
+    "d128_block64_two_tiles_bf16": (1, 1, 100, 128, 64, 0.5, True, 6, torch.bfloat16),
+    "d128_block64_empty_last_tile_f32": (1, 1, 90, 128, 64, 1.0, True, 0, torch.float32),
 }
 
 

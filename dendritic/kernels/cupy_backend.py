@@ -131,9 +131,18 @@ def _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, *, b
             grid=(B * H * nb,),  # one block per (batch, head, query block)
             block=(THREADS[block_size],),
             args=(
-                _ptr(q), _ptr(k), _ptr(v), _ptr(kv_num_blocks), _ptr(kv_indices), _ptr(key_padding_mask), _ptr(out), _ptr(lse),
-                numpy.int32(n), numpy.int32(H), numpy.float32(scale * LOG2E),
-            ),  # fmt: skip
+                _ptr(q),
+                _ptr(k),
+                _ptr(v),
+                _ptr(kv_num_blocks),
+                _ptr(kv_indices),
+                _ptr(key_padding_mask),
+                _ptr(out),
+                _ptr(lse),
+                numpy.int32(n),
+                numpy.int32(H),
+                numpy.float32(scale * LOG2E),
+            ),
             shared_mem=0,  # all shared memory is static in the kernel
         )
 
@@ -158,7 +167,9 @@ def _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_paddi
     if q.dtype not in SUPPORTED_DTYPES or not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"the 'cupy' backend supports {list(SUPPORTED_DTYPES)} (q, k, v alike), got {q.dtype}")
     if q.dim() != 4 or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"the 'cupy' backend supports head dims {SUPPORTED_HEAD_DIMS}, got q of shape {tuple(q.shape)}")
+        raise ValueError(
+            f"the 'cupy' backend supports head dims {SUPPORTED_HEAD_DIMS}, got q of shape {tuple(q.shape)}"
+        )
     if block_size not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"the 'cupy' backend supports block sizes {SUPPORTED_BLOCK_SIZES}, got {block_size}")
     if kv_num_blocks.dtype != torch.int32 or kv_indices.dtype != torch.int32:

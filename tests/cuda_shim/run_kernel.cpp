@@ -29,6 +29,7 @@ extern "C" int dbsa_shim_fwd(int dtype, int d, int block_size, const void* q, co
 #define DBSA_DTYPES(D, BS) DBSA_VARIANT(0, float, D, BS) DBSA_VARIANT(1, __half, D, BS) DBSA_VARIANT(2, __nv_bfloat16, D, BS)
     DBSA_DTYPES(32, 16)
     DBSA_DTYPES(64, 32)
+    DBSA_DTYPES(128, 64)  // two K/V tiles per key block (kTileKeys 32 < 64)
 #undef DBSA_DTYPES
 #undef DBSA_VARIANT
     return -1;

@@ -6,10 +6,10 @@
 // are used (no STL), and everything but the three entry points has internal linkage.
 //
 // Layout of one query chunk (M = 16*MV query rows), all tiles L1-sized:
-//   Qt[d][M]   query chunk, transposed and pre-multiplied by scale*log2(e) (so softmax uses exp2)
+//   Qt[d][M]   query chunk, transposed and pre-multiplied by the softmax scale
 //   S[KC][M]   score / probability tile, KEY-major: row j is one vector per 16 query rows, so the running max,
-//              exp2 and row sums are plain vector ops with no horizontal reduction
-//   Ot[d][M]   un-normalised output, transposed; rescaled by alpha = exp2(m_old - m_new) per chunk
+//              exp and row sums are plain vector ops with no horizontal reduction
+//   Ot[d][M]   un-normalised output, transposed; rescaled by alpha = exp(m_old - m_new) per chunk
 //   m[M], l[M] running max and running sum (online softmax)
 // K and V are read in place from the input tensors (no gather); a key tile of KJ rows clamps its row pointers to
 // the chunk and masks the surplus rows to -inf.
@@ -27,21 +27,24 @@ constexpr int KC = 32;  // keys per score tile
 constexpr int KJ = 8;   // keys per Q.K^T register tile
 constexpr int DD = 8;   // head dims per P.V register tile
 
-// 2^x for x <= 128; exactly 0 for x < -126 (and for -inf / NaN from masked entries).
-DENDRITIC_AVX512 __m512 exp2_ps(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
-  const __m512 xi = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(x, xi);  // [-0.5, 0.5]
-  // Taylor series of 2^r = e^(r ln2) to degree 7: relative error < 6e-9 on [-0.5, 0.5].
-  __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.5403530393381606e-04f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-03f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284770e-03f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-02f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910070e-01f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994530e-01f));
+// e^x for x <= 88; exactly 0 for x < -87.3 (below FLT_MIN, and for -inf / NaN from masked entries).
+// Cody-Waite range reduction x = k ln2 + r (|r| <= ln2/2), degree-7 Taylor series of e^r (relative error < 6e-9),
+// then 2^k by vscalefps.
+DENDRITIC_AVX512 __m512 exp_ps(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+  const __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693359375f), x);  // ln2 split into an exact high part ...
+  r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(-2.12194440e-4f), r);      // ... and the rest
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, xi));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, kf));
 }
 
 // S[0:KJ rows] = Qt^T K for KJ keys starting at key j0 of the chunk; masks keys >= kc and padded keys; folds the
@@ -75,7 +78,7 @@ DENDRITIC_AVX512 void qk_tile(const float* __restrict Qt, const float* __restric
   }
 }
 
-// Ot[e0:e0+T] = Ot[e0:e0+T] * alpha + V[:, e0:e0+T]^T P   (P = S after exp2), for one query chunk.
+// Ot[e0:e0+T] = Ot[e0:e0+T] * alpha + V[:, e0:e0+T]^T P   (P = S after exp), for one query chunk.
 template <int MV, int T>
 DENDRITIC_AVX512 void pv_tile(const float* __restrict S, const float* __restrict Vc, int64_t d, int64_t e0, int kc,
                               const __m512* alpha, float* __restrict Ot) {
@@ -111,14 +114,14 @@ DENDRITIC_AVX512 void key_chunk(const float* Qt, const float* Kc, const float* V
     // A row that has seen no live key yet keeps m = -inf; subtract 0 instead so nothing becomes NaN.
     const __mmask16 dead = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
     mu[w] = _mm512_mask_mov_ps(mn, dead, _mm512_setzero_ps());
-    alpha[w] = exp2_ps(_mm512_sub_ps(m[w], mu[w]));
+    alpha[w] = exp_ps(_mm512_sub_ps(m[w], mu[w]));
     m[w] = mn;
     rs[w] = _mm512_setzero_ps();
   }
   for (int j = 0; j < kc; ++j) {
     for (int w = 0; w < MV; ++w) {
       float* sp = S + (int64_t)j * M + 16 * w;
-      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(sp), mu[w]));
+      const __m512 p = exp_ps(_mm512_sub_ps(_mm512_load_ps(sp), mu[w]));
       rs[w] = _mm512_add_ps(rs[w], p);
       _mm512_store_ps(sp, p);
     }
@@ -147,7 +150,7 @@ __attribute__((target("avx512f,avx2,fma"))) void run_task(const BlockSparseParam
   float* Qt = scratch;       // d * M
   float* Ot = Qt + d * M;    // d * M
   float* S = Ot + d * M;     // KC * M
-  const float c = (float)(p.scale * 1.4426950408889634);  // scale * log2(e)
+  const float c = (float)p.scale;  // natural-log units, like torch: a power-of-2 scale stays exact
 
   const int64_t q0 = qb * bs, qrows = (bs < n - q0) ? bs : n - q0;
   for (int64_t r0 = 0; r0 < qrows; r0 += M) {

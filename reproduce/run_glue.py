@@ -1,0 +1,224 @@
+"""Dense vs DendriticBERT (vs the DSN baseline) on every GLUE task with data: the project's main job.
+
+    python reproduce/run_glue.py --preset small                    # the whole plan, resumable
+    python reproduce/run_glue.py --preset small --tasks wnli --quick --output-dir /tmp/q   # minutes
+
+Phases 1 and 2 run first if their ``done.json`` is missing (``<runs>/phase1``, ``<runs>/phase2``).  Then every
+(task, variant, seed) of ``reproduce/configs/<preset>/glue.toml`` runs phase 3 and writes one result JSON
+(``<results>/<task>/<variant>-seed<k>.json``, atomically, with provenance); an existing result is skipped, so
+the command can be stopped and rerun at will.  ``summary.json`` is rebuilt from the result files after every run.
+Tasks without data (offline: MNLI, QQP, QNLI training) are reported in one line each and skipped — never faked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dendritic.provenance import RESULTS_SCHEMA_VERSION, atomic_write_json, provenance  # noqa: E402
+from dendritic.training.config import CONFIG_DIR, load_phase_config, tomllib  # noqa: E402
+
+DEFAULT_RESULTS = REPO / "reproduce" / "results" / "glue"
+
+
+def load_plan(preset: str) -> dict:
+    path = CONFIG_DIR / preset / "glue.toml"
+    if not path.exists():
+        raise FileNotFoundError(f"no GLUE plan {path}")
+    return tomllib.loads(path.read_text())
+
+
+def check_results_folder(results: Path) -> None:
+    """Refuse a results folder written by another schema version (its files would be misread)."""
+    for f in results.glob("*/*.json"):
+        version = json.loads(f.read_text()).get("provenance", {}).get("schema_version")
+        if version != RESULTS_SCHEMA_VERSION:
+            raise RuntimeError(f"{f} has results schema version {version}, this code writes {RESULTS_SCHEMA_VERSION}; "
+                               "use another --results-dir or remove the old results")
+        return
+
+
+def ensure_pretraining(preset: str, runs: Path, overrides: dict[int, dict]) -> Path:
+    """Phases 1 and 2 (each skipped when already done); returns the phase-2 folder."""
+    from dendritic.training import run_phase1, run_phase2
+
+    p1 = load_phase_config(1, preset, {**overrides.get(1, {}), "output_dir": str(runs / "phase1")})
+    run_phase1(p1)
+    p2 = load_phase_config(2, preset, {**overrides.get(2, {}), "output_dir": str(runs / "phase2"), "init_from": str(runs / "phase1")})
+    run_phase2(p2)
+    return runs / "phase2"
+
+
+def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, seed: int, settings: dict,
+            *, target: float | None = None, policy: str = "learned", tag: str | None = None,
+            phase2_dir: Path | None = None, keep_model: bool = False) -> dict | None:
+    """One (task, variant, seed) fine-tuning, or its existing result."""
+    from dendritic.data import get_task
+    from dendritic.training import run_phase3
+
+    name = tag or f"{variant}-seed{seed}"
+    out_file = results / task / f"{name}.json"
+    if out_file.exists():
+        return json.loads(out_file.read_text())
+    init_from = (phase2_dir or runs / "phase2") if variant == "dendritic" else runs / "phase1"
+    overrides = {**settings, "task": task, "variant": variant, "seed": seed, "policy": policy,
+                 "output_dir": str(runs / "glue" / task / name), "init_from": str(init_from)}
+    if target is not None:
+        overrides["target_sparsity"] = target
+    cfg = load_phase_config(3, preset, overrides)
+    try:
+        get_task(task)
+        started = time.time()
+        result = run_phase3(cfg, save_model=keep_model)
+    except FileNotFoundError as e:  # no data for this task here (offline MNLI/QQP/QNLI-train)
+        print(f"skipping {task}: {str(e).splitlines()[0]}", flush=True)
+        return None
+    import dataclasses
+
+    record = {k: v for k, v in result.items() if k not in ("provenance",)}
+    record.update(resolved_config=dataclasses.asdict(cfg), provenance=provenance(),
+                  wall_time_s=round(time.time() - started, 1))
+    atomic_write_json(out_file, record)
+    return record
+
+
+# -- the summary --------------------------------------------------------------------------------------------------
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def summarise(results: Path, tasks: list[str]) -> dict:
+    """``summary.json`` from the per-run files: per task dense/dendritic/dsn mean ± std over seeds, retention,
+    achieved sparsity over the dev inputs (blocks and token pairs), agreement with the dense predictions."""
+    from dendritic.metrics import primary_metric
+
+    summary: dict = {}
+    for task in tasks:
+        runs = {f.stem: json.loads(f.read_text()) for f in sorted((results / task).glob("*-seed*.json"))}
+        by = {v: {r["seed"]: r for k, r in runs.items() if k.startswith(f"{v}-seed")} for v in ("dense", "dendritic", "dsn")}
+        if not by["dense"] or not by["dendritic"]:
+            continue
+        dense_m, dense_s = _mean_std([r["score"] for r in by["dense"].values()])
+        den_m, den_s = _mean_std([r["score"] for r in by["dendritic"].values()])
+        dsn_m, dsn_s = _mean_std([r["score"] for r in by["dsn"].values()])
+        per_input = [x for r in by["dendritic"].values() for x in r["per_input_sparsity"]]
+        pair = [r["pair_sparsity_mean"] for r in by["dendritic"].values()]
+        agreement = [
+            float(np.mean(np.asarray(r["predictions"]) == np.asarray(by["dense"][s]["predictions"])))
+            for s, r in by["dendritic"].items() if s in by["dense"] and task != "stsb"
+        ]
+        summary[task] = {
+            "metric": primary_metric(task),
+            "dense_mean": dense_m, "dense_std": dense_s,
+            "dendritic_mean": den_m, "dendritic_std": den_s,
+            "dsn_mean": dsn_m, "dsn_std": dsn_s,
+            "retention": den_m / dense_m if dense_m else None,
+            "sparsity_mean": float(np.mean(per_input)), "sparsity_std": float(np.std(per_input)),
+            "pair_sparsity_mean": float(np.mean(pair)),
+            "agreement_with_dense": float(np.mean(agreement)) if agreement else None,
+            "seeds": sorted(set(by["dense"]) & set(by["dendritic"])),
+            "block_size": next(iter(by["dendritic"].values()))["block_size"],
+            "train_examples": next(iter(by["dendritic"].values()))["train_examples"],
+            "dev_examples": next(iter(by["dendritic"].values()))["dev_examples"],
+            "parameters": {v: next(iter(by[v].values()))["parameters"] for v in by if by[v]},
+            "policy_parameters": next(iter(by["dendritic"].values())).get("policy_parameters"),
+        }
+    done = list(summary)
+    if done:
+        for key, keep in (("average", lambda t: True), ("average_without_wnli", lambda t: t != "wnli")):
+            chosen = [t for t in done if keep(t)]
+            if not chosen:
+                continue
+            dense = float(np.mean([summary[t]["dense_mean"] for t in chosen]))
+            den = float(np.mean([summary[t]["dendritic_mean"] for t in chosen]))
+            summary[key] = {"dense": dense, "dendritic": den, "retention": den / dense if dense else None,
+                            "sparsity_mean": float(np.mean([summary[t]["sparsity_mean"] for t in chosen])),
+                            "tasks": chosen,
+                            "mean_task_retention": float(np.mean([summary[t]["retention"] for t in chosen]))}
+    return summary
+
+
+def summarise_tradeoff(results: Path) -> dict:
+    rows = []
+    for f in sorted(results.glob("*/tradeoff-*.json")):
+        r = json.loads(f.read_text())
+        rows.append({k: r[k] for k in ("task", "policy", "target_sparsity", "score", "metric", "sparsity_mean",
+                                       "pair_sparsity_mean", "seed")})
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", help="smoke, small (offline default) or paper")
+    parser.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: the plan's)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: the plan's)")
+    parser.add_argument("--variants", nargs="*", default=None, help="dense, dendritic, dsn (default: the plan's)")
+    parser.add_argument("--output-dir", default=None, help="checkpoints and logs (default: runs/<preset>)")
+    parser.add_argument("--results-dir", default=None, help=f"result JSON (default: {DEFAULT_RESULTS.relative_to(REPO)}; "
+                        "with --quick: <output-dir>/results)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps on tiny subsamples, seed 0 (minutes; exercises the same code)")
+    parser.add_argument("--tradeoff", action="store_true", help="also the accuracy-sparsity trade-off runs")
+    args = parser.parse_args(argv)
+
+    plan = load_plan(args.preset)
+    tasks = [t.lower() for t in (args.tasks or plan["tasks"])]
+    runs = Path(args.output_dir or f"runs/{args.preset}")
+    results = Path(args.results_dir) if args.results_dir else (runs / "results" if args.quick else DEFAULT_RESULTS)
+    results.mkdir(parents=True, exist_ok=True)
+    check_results_folder(results)
+
+    quick = {}
+    pre = {}
+    if args.quick:
+        quick = {"train_samples": 32, "eval_samples": 24, "epochs": 1.0, "max_length": 64}
+        pre = {1: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4},
+               2: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}}
+    print(f"GLUE plan ({args.preset}): tasks {tasks}; results -> {results}", flush=True)
+    phase2 = ensure_pretraining(args.preset, runs, pre)
+
+    seeds_all = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])
+    variants = args.variants or plan["variants"]
+    for seed in sorted(set(seeds_all)):
+        for task in tasks:
+            settings = dict(plan.get("task", {}).get(task, {}))
+            task_seeds = settings.pop("seeds", seeds_all)
+            if seed not in task_seeds:
+                continue
+            settings.update(quick)
+            for variant in variants:
+                run_one(args.preset, runs, results, task, variant, seed, settings, phase2_dir=phase2,
+                        keep_model=(seed == 0 and variant == "dendritic"))
+            atomic_write_json(results / "summary.json", {**summarise(results, tasks), "provenance": provenance()})
+
+    if args.tradeoff:
+        trade = plan.get("tradeoff", {})
+        for task in trade.get("tasks", []):
+            settings = {k: v for k, v in plan.get("task", {}).get(task, {}).items() if k != "seeds"}
+            settings.update(quick)
+            for target in trade.get("targets", []):
+                run_one(args.preset, runs, results, task, "dendritic", 0, settings, target=target,
+                        tag=f"tradeoff-learned-{target}", phase2_dir=phase2)
+        atomic_write_json(results / "tradeoff.json", {**summarise_tradeoff(results), "provenance": provenance()})
+
+    summary = summarise(results, tasks)
+    atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
+    if "average" in summary:
+        a = summary["average"]
+        print(f"average over {a['tasks']}: dense {a['dense']:.4f}, dendritic {a['dendritic']:.4f}, "
+              f"retention {a['retention']:.2%}, achieved sparsity {a['sparsity_mean']:.2%}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
