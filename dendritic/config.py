@@ -99,7 +99,7 @@ class DendriticConfig(BertConfig):
     def validate_dendritic(self) -> None:
         """Raise ``ValueError`` naming the field and its allowed range for any invalid setting."""
         for name in ("block_size", "scorer_rank", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "vocab_size"):
+                     "intermediate_size", "max_position_embeddings", "vocab_size", "type_vocab_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -26,6 +27,7 @@ from transformers import (
     BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
+    PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.modeling_outputs import (
@@ -63,7 +65,7 @@ class DendriticSequenceClassifierOutput(SequenceClassifierOutput, DendriticOutpu
     pass
 
 
-def _validate_inputs(config, input_ids, attention_mask, inputs_embeds) -> None:
+def _validate_inputs(config, input_ids, attention_mask, inputs_embeds, token_type_ids=None) -> None:
     """One clear error, naming the argument, for inputs BERT would otherwise fail on deep inside."""
     x = input_ids if input_ids is not None else inputs_embeds
     if x is None:
@@ -93,9 +95,58 @@ def _validate_inputs(config, input_ids, attention_mask, inputs_embeds) -> None:
             raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, n)}, got {tuple(attention_mask.shape)}")
         if config.dendritic and not bool(attention_mask[:, 0].bool().all()):
             raise ValueError("attention_mask must keep the first token ([CLS]) of every sequence (left padding is not supported)")
+    if token_type_ids is not None:
+        if tuple(token_type_ids.shape) != (B, n):
+            raise ValueError(f"token_type_ids must have shape (batch, seq_len) = {(B, n)}, got {tuple(token_type_ids.shape)}")
+        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= config.type_vocab_size:
+            raise ValueError(f"token_type_ids must lie in [0, {config.type_vocab_size - 1}] (type_vocab_size)")
 
 
-class DendriticBertModel(BertModel):
+# Config fields that fix weight shapes: a checkpoint loads only into a config that agrees with it on all of them.
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size", "scorer_rank")
+
+
+def _shape_field_diff(checkpoint, kwargs: dict) -> str:
+    """'hidden_size: checkpoint 64, requested 32; ...' for a local checkpoint, or '' when it cannot be told."""
+    try:
+        saved = PretrainedConfig.get_config_dict(checkpoint)[0]
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return ""
+    requested = kwargs.get("config")
+    diffs = []
+    for name in _SHAPE_FIELDS:
+        want = getattr(requested, name, None) if requested is not None else kwargs.get(name)
+        if want is not None and name in saved and saved[name] != want:
+            diffs.append(f"{name}: checkpoint {saved[name]}, requested {want}")
+    return "; ".join(diffs)
+
+
+class _ClearCheckpointErrors:
+    """``from_pretrained`` with one clear error for the two ways a checkpoint that exists fails to load:
+    a truncated or corrupt ``model.safetensors`` (safetensors' message names neither the file nor the cause) and
+    weights whose shapes do not fit the requested config (transformers' message only points at a logged report)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(
+                f"cannot read the weights of checkpoint {pretrained_model_name_or_path} ({err}): its model.safetensors "
+                "is truncated or corrupt (an interrupted save or copy?); save or download it again"
+            ) from err
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            diff = _shape_field_diff(pretrained_model_name_or_path, kwargs) or "weight shapes differ"
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path} does not fit the requested {cls.__name__} config ({diff}); "
+                "load it with its own config, or pass ignore_mismatched_sizes=True to re-initialise those weights"
+            ) from err
+
+
+class DendriticBertModel(_ClearCheckpointErrors, BertModel):
     """``BertModel`` with dendritic self-attention (see the module docstring for the extra outputs)."""
 
     config_class = DendriticConfig
@@ -149,7 +200,7 @@ class DendriticBertModel(BertModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_block_masks: bool = False, **kwargs):
-        _validate_inputs(self.config, input_ids, attention_mask, inputs_embeds)
+        _validate_inputs(self.config, input_ids, attention_mask, inputs_embeds, token_type_ids)
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
         if not torch.isfinite(out.last_hidden_state).all():
@@ -170,7 +221,7 @@ def _policy_fields(out: DendriticModelOutput) -> dict:
     return {f: getattr(out, f) for f in ("block_sparsity", "pair_sparsity", "keep_fraction", "keep_target", "block_masks")}
 
 
-class DendriticBertForMaskedLM(BertForMaskedLM):
+class DendriticBertForMaskedLM(_ClearCheckpointErrors, BertForMaskedLM):
     config_class = DendriticConfig
 
     def __init__(self, config: DendriticConfig):
@@ -192,7 +243,7 @@ class DendriticBertForMaskedLM(BertForMaskedLM):
                                        attentions=outputs.attentions, **_policy_fields(outputs))
 
 
-class DendriticBertForSequenceClassification(BertForSequenceClassification):
+class DendriticBertForSequenceClassification(_ClearCheckpointErrors, BertForSequenceClassification):
     config_class = DendriticConfig
 
     def __init__(self, config: DendriticConfig):

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_kernels import H, block_mask_for_sparsity, cpu_model, make_inputs
 from dendritic.kernels import block_sparse_attention
 from dendritic.masks import dense_to_block_mask
+from reproduce.timing import interleaved, timed
 
 OUT = REPO / "reproduce" / "results" / "kernels" / "summary.json"
 
@@ -95,12 +96,6 @@ def provenance(threads: int) -> dict:
     }
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def run_config(B, n, d, bs, s, rounds, with_flex):
     q, k, v, kv_num_blocks, kv_indices, achieved = make_inputs(B, n, d, bs, s)
     fns = {
@@ -115,12 +110,7 @@ def run_config(B, n, d, bs, s, rounds, with_flex):
     assert not out.isnan().any()
     if with_flex:
         torch.testing.assert_close(out, fns["flex"](), rtol=1e-4, atol=1e-4)
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(timed(fn))
+    times = interleaved(fns, rounds)  # one warm-up round, then `rounds` interleaved rounds
     # Mask compaction on a random keep mask of this shape.
     nb = -(-n // bs)
     keep = block_mask_for_sparsity(B, nb, s, seed=1)

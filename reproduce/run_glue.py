@@ -37,13 +37,17 @@ def load_plan(preset: str) -> dict:
 
 
 def check_results_folder(results: Path) -> None:
-    """Refuse a results folder written by another schema version (its files would be misread)."""
-    for f in results.glob("*/*.json"):
-        version = json.loads(f.read_text()).get("provenance", {}).get("schema_version")
+    """Refuse a results folder written by another schema version (its files would be misread): every result file
+    is checked, not just the first one found."""
+    for f in sorted([*results.glob("*.json"), *results.glob("*/*.json")]):
+        try:
+            version = json.loads(f.read_text()).get("provenance", {}).get("schema_version")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            raise RuntimeError(f"{f} is not a results file of schema version {RESULTS_SCHEMA_VERSION} ({err}); "
+                               "use another --results-dir or remove it") from err
         if version != RESULTS_SCHEMA_VERSION:
             raise RuntimeError(f"{f} has results schema version {version}, this code writes {RESULTS_SCHEMA_VERSION}; "
                                "use another --results-dir or remove the old results")
-        return
 
 
 def ensure_pretraining(preset: str, runs: Path, overrides: dict[int, dict]) -> Path:
@@ -54,7 +58,24 @@ def ensure_pretraining(preset: str, runs: Path, overrides: dict[int, dict]) -> P
     run_phase1(p1)
     p2 = load_phase_config(2, preset, {**overrides.get(2, {}), "output_dir": str(runs / "phase2"), "init_from": str(runs / "phase1")})
     run_phase2(p2)
+    export_training_records(runs, TRAIN_RESULTS / preset)
     return runs / "phase2"
+
+
+TRAIN_RESULTS = REPO / "reproduce" / "results" / "train"
+_RECORDS = ("done.json", "log.jsonl", "resolved_config.json", "budgets.json", "config.json")
+
+
+def export_training_records(runs: Path, dest: Path) -> None:
+    """Copy the small, committable records of phases 1-2 (logs, configs, budgets — no weights) next to the results."""
+    import shutil
+
+    for phase in ("phase1", "phase2"):
+        for name in _RECORDS:
+            src = runs / phase / name
+            if src.exists():
+                (dest / phase).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest / phase / name)
 
 
 def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, seed: int, settings: dict,
@@ -185,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         pre = {1: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4},
                2: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}}
     print(f"GLUE plan ({args.preset}): tasks {tasks}; results -> {results}", flush=True)
+    if args.quick:  # quick runs keep their training records beside their results, not in the committed tree
+        global TRAIN_RESULTS
+        TRAIN_RESULTS = results.parent / "train"
     phase2 = ensure_pretraining(args.preset, runs, pre)
 
     seeds_all = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])

@@ -16,6 +16,7 @@ Backends
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Callable
 
 import torch
@@ -79,6 +80,9 @@ def validate_inputs(
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    for name, t in (("kv_num_blocks", kv_num_blocks), ("kv_indices", kv_indices)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be an int32 torch.Tensor, got {type(t).__name__}")
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -86,8 +90,8 @@ def validate_inputs(
     if not (q.device == k.device == v.device == kv_num_blocks.device == kv_indices.device):
         raise ValueError("q, k, v, kv_num_blocks and kv_indices must be on the same device")
     B, H, n, _ = q.shape
-    if n == 0 or B == 0:
-        raise ValueError(f"q must have at least one batch row and one token, got shape {tuple(q.shape)}")
+    if n == 0 or B == 0 or H == 0 or q.shape[-1] == 0:
+        raise ValueError(f"q must have at least one batch row, head, token and feature, got shape {tuple(q.shape)}")
     nb = -(-n // block_size)
     for name, t, shape in (
         ("kv_num_blocks", kv_num_blocks, (B, H, nb)),
@@ -149,4 +153,6 @@ def block_sparse_attention(
     validate_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
     return fn(q, k, v, kv_num_blocks, kv_indices, block_size=block_size, key_padding_mask=key_padding_mask, scale=scale)

@@ -1,4 +1,4 @@
-"""The reference backend: dense masked attention in fp32 — the specification every fast backend must match.
+"""The reference backend: dense masked attention in fp32 (fp64 for fp64 inputs) — the specification every fast backend must match.
 
 It expands the block mask to a token-level mask, adds it to the full ``n × n`` logits as ``-inf`` and
 runs a plain softmax. It is slow (it materialises the whole matrix, skipping nothing) and exists to be
@@ -30,9 +30,10 @@ def reference_attention(
     tok = keep.repeat_interleave(block_size, dim=-2).repeat_interleave(block_size, dim=-1)[..., :n, :n]  # (B, H, n, n)
     if key_padding_mask is not None:
         tok = tok & key_padding_mask[:, None, None, :]
-    logits = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale  # (B, H, n, n)
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32  # fp32 at least; fp64 stays fp64
+    logits = torch.einsum("bhqd,bhkd->bhqk", q.to(compute), k.to(compute)) * scale  # (B, H, n, n)
     logits = logits.masked_fill(~tok, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     # A query row with no kept key (only possible for a fully padded row) outputs zeros, never NaN.
     probs = torch.nan_to_num(probs, nan=0.0)
-    return torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(q.dtype)
+    return torch.einsum("bhqk,bhkd->bhqd", probs, v.to(compute)).to(q.dtype)

@@ -1,0 +1,100 @@
+"""Ablations at matched sparsity.  Input: ``ablations/summary.json`` = {variant: {task: {score, score_std,
+sparsity, seeds}}, "dense": {task: {...}}}; block size and settings from ``glue/summary.json`` when present."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .common import Output, is_num, load_json, pct, pm, require, task_key, task_label
+from .glue import max_length
+
+VARIANTS = ["full", "random", "static", "training_free", "no_gating", "uniform_budget", "no_gumbel", "no_anneal",
+            "no_phase2", "distill"]
+LABEL = {"full": "full DendriticBERT", "random": "random mask", "static": "static mask",
+         "training_free": "training-free top-k", "no_gating": "no gating", "uniform_budget": "uniform budget",
+         "no_gumbel": "no Gumbel noise", "no_anneal": "no annealing", "no_phase2": "no phase 2",
+         "distill": "+ distillation"}
+
+
+def _load(out: Output, what: str):
+    path = out.results / "ablations" / "summary.json"
+    if not require(out, what, path):
+        return None, path
+    data = load_json(path)
+    variants = [v for v in VARIANTS if v in data] + sorted(v for v in data if v not in VARIANTS and v not in
+                                                            ("dense", "provenance") and isinstance(data[v], dict))
+    tasks = sorted({t for v in variants for t in data[v]}, key=task_key)
+    if not variants or not tasks:
+        out.skip(what, "ablations/summary.json has no variants")
+        return None, path
+    return (data, variants, tasks), path
+
+
+def _block(out: Output) -> str:
+    """Block size and max length of the GLUE runs the ablations share their settings with."""
+    g = out.results / "glue" / "summary.json"
+    if not g.exists():
+        return "block size: see the ablation config"
+    s = load_json(g)
+    block = "/".join(sorted({str(v["block_size"]) for v in s.values() if isinstance(v, dict) and "block_size" in v}))
+    return f"block size {block or '?'} (as Table 1), max length {max_length(out.results / 'glue')}"
+
+
+def ablations(out: Output) -> None:
+    loaded, path = _load(out, "ablations figure (ablations)")
+    if loaded is None:
+        return
+    data, variants, tasks = loaded
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.5, 0.45 * len(variants) + 1.5) * len(tasks) / 1.3, 4.0),
+                             squeeze=False)
+    colors = dict(zip(variants, sns.color_palette("tab10", len(variants))))
+    for ax, t in zip(axes[0], tasks):
+        x = np.arange(len(variants))
+        ys = [100 * data[v].get(t, {}).get("score", np.nan) if is_num(data[v].get(t, {}).get("score")) else np.nan
+              for v in variants]
+        es = [100 * data[v].get(t, {}).get("score_std") if is_num(data[v].get(t, {}).get("score_std")) else 0.0
+              for v in variants]
+        ax.bar(x, ys, yerr=es, capsize=2, color=[colors[v] for v in variants], error_kw={"elinewidth": 0.8})
+        for xi, v in zip(x, variants):
+            sp = data[v].get(t, {}).get("sparsity")
+            if is_num(sp) and is_num(ys[xi]):
+                ax.annotate(f"{100 * sp:.0f}%", (xi, ys[xi] + es[xi]), textcoords="offset points", xytext=(0, 2),
+                            ha="center", fontsize=5)
+        dense = data.get("dense", {}).get(t, {}).get("score")
+        if is_num(dense):
+            ax.axhline(100 * dense, color="black", linestyle="--", linewidth=1, label=f"dense {100 * dense:.1f}")
+            ax.legend(fontsize=6, loc="lower right")
+        ax.set_xticks(x, [LABEL.get(v, v) for v in variants], rotation=60, ha="right", fontsize=6)
+        ax.set_ylabel("dev score × 100 (mean ± std over seeds)")
+        ax.set_title(task_label(t))
+    fig.suptitle(f"Ablations ({_block(out)}; labels: achieved block sparsity; "
+                 "baseline: dense, dashed)", fontsize=9)
+    fig.tight_layout()
+    out.figure(fig, "ablations", [path], "ablation variants per task with seed error bars and the dense line")
+
+
+def table_ablations(out: Output) -> None:
+    loaded, path = _load(out, "ablations table (table_ablations)")
+    if loaded is None:
+        return
+    data, variants, tasks = loaded
+    header = ["Variant"] + [f"{task_label(t)} score" for t in tasks] + [f"{task_label(t)} sparsity %" for t in tasks] \
+        + ["Seeds"]
+    rows, csv_rows = [], []
+    for v in (["dense"] if "dense" in data else []) + variants:
+        cells = [data[v].get(t, {}) for t in tasks]
+        seeds = sorted({len(c.get("seeds") or []) if isinstance(c.get("seeds"), list) else c.get("seeds")
+                        for c in cells if c and c.get("seeds") is not None})
+        rows.append([LABEL.get(v, v)] + [pm(c.get("score"), c.get("score_std")) for c in cells]
+                    + [pct(c.get("sparsity")) for c in cells] + ["/".join(str(s) for s in seeds) or "–"])
+        for t, c in zip(tasks, cells):
+            csv_rows.append([v, t, c.get("score"), c.get("score_std"), c.get("sparsity"),
+                             " ".join(str(s) for s in c["seeds"]) if isinstance(c.get("seeds"), list) else c.get("seeds")])
+    caption = [f"Ablations: dev score × 100 (mean ± std over seeds) and achieved block sparsity; {_block(out)}.", "Dense row: the same model fine-tuned with full attention (baseline)."]
+    out.table("table_ablations", header, rows, caption, [path], "ablation scores and sparsity per task",
+              csv_header=["variant", "task", "score", "score_std", "sparsity", "seeds"], csv_rows=csv_rows)
+
+
+FIGURES = [ablations, table_ablations]

@@ -1,0 +1,322 @@
+"""GLUE: Table 1 (dense vs DendriticBERT), the PAI-style figure (scores, parameter efficiency), the accuracy-
+sparsity trade-off and the per-input sparsity (gating at work).  Inputs: ``glue/summary.json``, the per-run files
+``glue/<task>/<variant>-seed<k>.json``, ``glue/tradeoff.json`` and (optional) ``ablations/summary.json``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .common import (
+    METRIC_LABEL,
+    VARIANT_COLOR,
+    Output,
+    human,
+    is_num,
+    load_json,
+    pct,
+    pm,
+    require,
+    task_key,
+    task_label,
+)
+
+RUN_NAME = re.compile(r"^(dense|dendritic|dsn)-seed(\d+)$")
+VARIANTS = ("dense", "dendritic", "dsn")
+VARIANT_LABEL = {"dense": "dense (same model, full attention)", "dendritic": "DendriticBERT",
+                 "dsn": "DSN (embeddings + mean pooling, no encoder)"}
+
+
+def load_runs(glue: Path) -> dict[str, dict[str, dict[int, dict]]]:
+    """{task: {variant: {seed: record}}} from the per-run files (trade-off runs excluded)."""
+    runs: dict = {}
+    for f in sorted(glue.glob("*/*.json")):
+        m = RUN_NAME.match(f.stem)
+        if m:
+            runs.setdefault(f.parent.name, {}).setdefault(m.group(1), {})[int(m.group(2))] = load_json(f)
+    return runs
+
+
+def run_files(glue: Path, variants: tuple[str, ...] = VARIANTS) -> list[Path]:
+    return [f for f in sorted(glue.glob("*/*.json")) if (m := RUN_NAME.match(f.stem)) and m.group(1) in variants]
+
+
+def task_tasks(summary: dict) -> list[str]:
+    return sorted((t for t, v in summary.items() if isinstance(v, dict) and "dense_mean" in v), key=task_key)
+
+
+def _settings(runs: dict, task: str) -> dict:
+    """The fine-tuning settings of a task's dendritic runs (resolved_config), the same for every seed."""
+    recs = [r for v in ("dendritic", "dense") for _, r in sorted(runs.get(task, {}).get(v, {}).items())]
+    return recs[0].get("resolved_config", {}) if recs else {}
+
+
+def _setting_text(values: list) -> str:
+    vals = sorted({str(v) for v in values if v is not None})
+    return "/".join(vals) if vals else "?"
+
+
+def max_length(glue: Path) -> str:
+    """The fine-tuning max length of the GLUE runs (resolved_config.max_length), "?" when no run file exists."""
+    return _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in run_files(glue)[:50]])
+
+
+def _block_sizes(summary: dict, tasks: list[str]) -> str:
+    return _setting_text([summary[t].get("block_size") for t in tasks])
+
+
+# -- Table 1 -------------------------------------------------------------------------------------------------------
+def table1(out: Output) -> None:
+    glue = out.results / "glue"
+    path = glue / "summary.json"
+    if not require(out, "Table 1 (table1_glue)", path):
+        return
+    summary = load_json(path)
+    tasks = task_tasks(summary)
+    if not tasks:
+        out.skip("Table 1 (table1_glue)", "glue/summary.json has no task with both dense and dendritic runs")
+        return
+    runs = load_runs(glue)
+    header = ["Task", "Metric", "Dense", "DendriticBERT", "DSN", "Retention %", "Block sparsity %",
+              "Pair sparsity %", "Agreement %", "Seeds", "Train ex."]
+    rows, csv_rows = [], []
+    for t in tasks:
+        s = summary[t]
+        seeds = s.get("seeds") or []
+        rows.append([task_label(t), METRIC_LABEL.get(s["metric"], s["metric"]), pm(s["dense_mean"], s["dense_std"]),
+                     pm(s["dendritic_mean"], s["dendritic_std"]), pm(s.get("dsn_mean"), s.get("dsn_std")),
+                     pct(s.get("retention")), pm(s.get("sparsity_mean"), s.get("sparsity_std")),
+                     pct(s.get("pair_sparsity_mean")), pct(s.get("agreement_with_dense")), str(len(seeds)),
+                     str(s.get("train_examples", "–"))])
+        csv_rows.append([t, s["metric"], s["dense_mean"], s["dense_std"], s["dendritic_mean"], s["dendritic_std"],
+                         s.get("dsn_mean"), s.get("dsn_std"), s.get("retention"), s.get("sparsity_mean"),
+                         s.get("sparsity_std"), s.get("pair_sparsity_mean"), s.get("agreement_with_dense"),
+                         " ".join(str(x) for x in seeds), s.get("block_size"), s.get("train_examples"),
+                         s.get("dev_examples")])
+    n_task_rows = len(rows)
+    for key, name in (("average", "Average"), ("average_without_wnli", "Average w/o WNLI")):
+        a = summary.get(key)
+        if not a:
+            continue
+        rows.append([f"{name} ({len(a['tasks'])})", "primary", pct(a["dense"]), pct(a["dendritic"]), "–",
+                     pct(a.get("retention")), pct(a.get("sparsity_mean")), "–", "–", "–", "–"])
+        csv_rows.append([key, "primary", a["dense"], None, a["dendritic"], None, None, None, a.get("retention"),
+                         a.get("sparsity_mean"), None, None, None, "", None, None, None])
+
+    cfgs = {t: _settings(runs, t) for t in tasks}
+    presets = _setting_text([c.get("preset") for c in cfgs.values()])
+    models = _setting_text([c.get("model") for c in cfgs.values()])
+    max_len = _setting_text([c.get("max_length") for c in cfgs.values()])
+    train_desc = "; ".join(
+        f"{task_label(t)} {('all' if cfgs[t].get('train_samples') is None else cfgs[t].get('train_samples')) if cfgs[t] else '?'}"
+        f" train ex. × {cfgs[t].get('epochs', '?')} epochs" for t in tasks)
+    seeds_desc = ", ".join(f"{task_label(t)} {len(summary[t].get('seeds') or [])}" for t in tasks)
+    avg_desc = []
+    for key, name in (("average", "GLUE average"), ("average_without_wnli", "average without WNLI")):
+        if summary.get(key):
+            a = summary[key]
+            avg_desc.append(f"{name} = unweighted mean of the primary metrics of "
+                            f"{', '.join(task_label(t) for t in sorted(a['tasks'], key=task_key))}; its retention "
+                            f"is the ratio of the averages (mean of per-task retentions "
+                            f"{pct(a.get('mean_task_retention'))} %)")
+    caption = [
+        (f"Table 1. GLUE dev: dense vs DendriticBERT (block size {_block_sizes(summary, tasks)} tokens, max length "
+         f"{max_len}, preset {presets}, model {models})."),
+        ("Scores × 100, mean ± sample std over seeds; dense = the same phase-1 model fine-tuned with full attention "
+         "(the baseline); DSN = embeddings + mean pooling + classifier, no encoder layers."),
+        f"Fine-tuning data: {train_desc}.",
+        f"Seeds per task: {seeds_desc}.",
+        ("Block sparsity = fraction of attention blocks skipped, mean ± std across dev inputs (all seeds pooled); "
+         "pair sparsity = fraction of token pairs skipped; agreement = dendritic predictions equal to the dense "
+         "model's of the same seed (not defined for STS-B)."),
+        *[d + "." for d in avg_desc],
+    ]
+    csv_header = ["task", "metric", "dense_mean", "dense_std", "dendritic_mean", "dendritic_std", "dsn_mean",
+                  "dsn_std", "retention", "sparsity_mean", "sparsity_std", "pair_sparsity_mean",
+                  "agreement_with_dense", "seeds", "block_size", "train_examples", "dev_examples"]
+    sources = [path] + run_files(glue)
+    out.table("table1_glue", header, rows, caption, sources,
+              "Table 1: GLUE dev scores, dense vs DendriticBERT vs DSN, retention, achieved sparsity",
+              csv_header=csv_header, csv_rows=csv_rows, formats=("md", "csv", "tex"), rules_before=[n_task_rows])
+
+
+# -- PAI-style figure ----------------------------------------------------------------------------------------------
+def pai_glue(out: Output) -> None:
+    glue = out.results / "glue"
+    path = glue / "summary.json"
+    if not require(out, "PAI figure (pai_glue)", path):
+        return
+    summary = load_json(path)
+    tasks = task_tasks(summary)
+    if not tasks:
+        out.skip("PAI figure (pai_glue)", "glue/summary.json has no complete task")
+        return
+    block = _block_sizes(summary, tasks)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11.0, 4.2), gridspec_kw={"width_ratios": [1.7, 1.0]})
+    width = 0.27
+    x = np.arange(len(tasks))
+    for i, v in enumerate(VARIANTS):
+        means = [summary[t].get(f"{v}_mean") for t in tasks]
+        stds = [summary[t].get(f"{v}_std") for t in tasks]
+        m = np.array([100 * a if is_num(a) else np.nan for a in means])
+        e = np.array([100 * b if is_num(b) else 0.0 for b in stds])
+        ax1.bar(x + (i - 1) * width, m, width, yerr=e, capsize=2, color=VARIANT_COLOR[v], label=VARIANT_LABEL[v],
+                error_kw={"elinewidth": 0.8})
+    ax1.set_xticks(x, [f"{task_label(t)}\n({METRIC_LABEL.get(summary[t]['metric'], summary[t]['metric'])})"
+                       for t in tasks])
+    ax1.set_ylabel("dev score × 100 (mean ± std over seeds)")
+    ax1.set_title(f"Dev scores after fine-tuning (no checkpoint selection); block size {block}, "
+                  f"max length {max_length(glue)}")
+    ax1.axhline(0, color="black", linewidth=0.6)
+    ax1.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=3, frameon=False)
+
+    # parameter efficiency: mean score over the tasks where all three variants ran
+    complete = [t for t in tasks if all(is_num(summary[t].get(f"{v}_mean")) for v in VARIANTS)
+                and all(v in (summary[t].get("parameters") or {}) for v in VARIANTS)]
+    if complete:
+        offsets = {"dense": (6, 6), "dendritic": (6, -12), "dsn": (6, 4)}
+        for v in VARIANTS:
+            params = [summary[t]["parameters"][v] / 1e6 for t in complete]
+            scores = [100 * summary[t][f"{v}_mean"] for t in complete]
+            ax2.scatter(params, scores, s=14, alpha=0.5, color=VARIANT_COLOR[v], linewidths=0)
+            p, s = float(np.mean(params)), float(np.mean(scores))
+            ax2.scatter([p], [s], s=60, color=VARIANT_COLOR[v], edgecolor="black", linewidths=0.6, zorder=3,
+                        label=f"{v}: {human(p * 1e6)} params")
+            ax2.annotate(f"{s:.1f}", (p, s), textcoords="offset points", xytext=offsets[v], fontsize=7)
+        pol = sorted({summary[t].get("policy_parameters") for t in complete if is_num(summary[t].get("policy_parameters"))})
+        ax2.set_xlim(0, 1.15 * max(max(summary[t]["parameters"][v] for v in VARIANTS) for t in complete) / 1e6)
+        ax2.set_xlabel("parameters, millions (dendritic: encoder + policy" + (f" {human(pol[-1])}" if pol else "") + ")")
+        ax2.set_ylabel(f"mean dev score × 100 over {len(complete)} tasks")
+        ax2.set_title("Parameter efficiency (large: task mean; small: per task)")
+        ax2.legend(loc="lower right", frameon=True)
+    else:
+        ax2.set_axis_off()
+        ax2.text(0.5, 0.5, "no task with dense, dendritic and DSN results", ha="center", va="center")
+    fig.tight_layout()
+    out.figure(fig, "pai_glue", [path],
+               "PAI-style: dev scores per task (dense/dendritic/DSN, seed error bars) and score vs parameter count")
+
+
+# -- accuracy–sparsity trade-off -----------------------------------------------------------------------------------
+ABLATION_POINTS = {"training_free": ("training-free pooled-QK top-k", "s"), "static": ("static mask", "^"),
+                   "random": ("random mask", "X")}
+
+
+def tradeoff(out: Output) -> None:
+    glue = out.results / "glue"
+    path = glue / "tradeoff.json"
+    if not require(out, "trade-off figure (tradeoff)", path):
+        return
+    rows = load_json(path).get("rows", [])
+    if not rows:
+        out.skip("trade-off figure (tradeoff)", "glue/tradeoff.json has no rows")
+        return
+    sources = [path]
+    summary = load_json(glue / "summary.json") if (glue / "summary.json").exists() else {}
+    if summary:
+        sources.append(glue / "summary.json")
+    abl_path = out.results / "ablations" / "summary.json"
+    ablations = load_json(abl_path) if abl_path.exists() else {}
+    if ablations:
+        sources.append(abl_path)
+    trade_runs = sorted(glue.glob("*/tradeoff-*.json"))
+    block = _setting_text([load_json(f).get("block_size") for f in trade_runs]) if trade_runs else \
+        (_block_sizes(summary, task_tasks(summary)) if summary else "?")
+    max_len = _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in trade_runs]) \
+        if trade_runs else max_length(glue)
+    tasks = sorted({r["task"] for r in rows}, key=task_key)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        pts = sorted((r for r in rows if r["task"] == t), key=lambda r: (r["policy"], r["target_sparsity"], r["seed"]))
+        for policy in sorted({r["policy"] for r in pts}):
+            sel = sorted((r for r in pts if r["policy"] == policy), key=lambda r: r["sparsity_mean"])
+            xs = [100 * r["sparsity_mean"] for r in sel]
+            ys = [100 * r["score"] for r in sel]
+            ax.plot(xs, ys, marker="o", color=VARIANT_COLOR["dendritic"] if policy == "learned" else None,
+                    label=f"{policy} policy (targets {', '.join(format(r['target_sparsity'], 'g') for r in sel)})")
+        for variant, (label, marker) in ABLATION_POINTS.items():
+            rec = ablations.get(variant, {}).get(t)
+            if rec and is_num(rec.get("score")) and is_num(rec.get("sparsity")):
+                ax.errorbar([100 * rec["sparsity"]], [100 * rec["score"]],
+                            yerr=[100 * rec["score_std"]] if is_num(rec.get("score_std")) else None,
+                            marker=marker, linestyle="none", capsize=2, label=label)
+        dense = summary.get(t, {}).get("dense_mean") if summary else None
+        dense_src = "GLUE summary"
+        if not is_num(dense):
+            dense = ablations.get("dense", {}).get(t, {}).get("score")
+            dense_src = "ablation reference"
+        if is_num(dense):
+            ax.axhline(100 * dense, color=VARIANT_COLOR["dense"], linestyle="--", linewidth=1,
+                       label=f"dense ({dense_src}) {100 * dense:.1f}")
+        metric = pts[0]["metric"]
+        ax.set_title(f"{task_label(t)}: block size {block}, max length {max_len}")
+        ax.set_xlabel("achieved block sparsity on dev % (mean over inputs)")
+        ax.set_ylabel(f"dev {METRIC_LABEL.get(metric, metric)} × 100")
+        ax.legend(fontsize=6, loc="lower left")
+    fig.suptitle("Accuracy–sparsity trade-off (baseline: dense fine-tuned model, dashed)")
+    fig.tight_layout()
+    out.figure(fig, "tradeoff", sources,
+               "accuracy vs achieved block sparsity per task; ablation baselines as points; dense as a line")
+
+
+# -- per-input sparsity --------------------------------------------------------------------------------------------
+def reachable_sparsity(length: np.ndarray, block: int) -> np.ndarray:
+    """The safety floor (diagonal + [CLS] blocks) keeps 2·nb − 1 of nb² blocks: 1 − (2·nb − 1)/nb²."""
+    nb = np.ceil(length / block)
+    return 1.0 - (2 * nb - 1) / nb**2
+
+
+def sparsity_per_input(out: Output) -> None:
+    glue = out.results / "glue"
+    files = run_files(glue, ("dendritic",))
+    if not files:
+        out.skip("per-input sparsity (sparsity_per_input)", "no glue/<task>/dendritic-seed<k>.json yet")
+        return
+    recs = [load_json(f) for f in files]
+    data = {"task": [], "sparsity": [], "length": []}
+    for r in recs:
+        per, lengths = r.get("per_input_sparsity") or [], r.get("input_lengths") or []
+        data["task"] += [r["task"]] * len(per)
+        data["sparsity"] += [100 * x for x in per]
+        data["length"] += list(lengths) if len(lengths) == len(per) else [np.nan] * len(per)
+    import pandas as pd
+
+    df = pd.DataFrame(data)
+    if df.empty:
+        out.skip("per-input sparsity (sparsity_per_input)", "the dendritic runs have no per_input_sparsity")
+        return
+    tasks = sorted(df["task"].unique(), key=task_key)
+    df["Task"] = pd.Categorical([task_label(t) for t in df["task"]], [task_label(t) for t in tasks])
+    blocks = sorted({r.get("block_size") for r in recs if r.get("block_size")})
+    block = "/".join(str(b) for b in blocks) or "?"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11.0, 4.0), gridspec_kw={"width_ratios": [1.0, 1.2]})
+    sns.violinplot(data=df, x="Task", y="sparsity", ax=ax1, cut=0, inner="quart", color=VARIANT_COLOR["dendritic"],
+                   density_norm="width", linewidth=0.7)
+    ax1.set_ylabel("achieved block sparsity % per dev input")
+    ax1.set_xlabel("")
+    ax1.set_title(f"Per-input sparsity of DendriticBERT (block size {block}, all seeds)")
+    has_len = df["length"].notna()
+    if has_len.any():
+        sns.scatterplot(data=df[has_len], x="length", y="sparsity", hue="Task", ax=ax2, s=7, alpha=0.45,
+                        linewidth=0)
+        if len(blocks) == 1:
+            n = np.arange(1, int(df.loc[has_len, "length"].max()) + 1)
+            ax2.plot(n, 100 * reachable_sparsity(n, blocks[0]), color="black", linewidth=1,
+                     label=f"reachable: 1 − (2nb−1)/nb², b={blocks[0]}")
+        ax2.set_xlabel("input length (tokens, incl. [CLS]/[SEP])")
+        ax2.set_ylabel("achieved block sparsity %")
+        ax2.set_title("Sparsity vs length (ceiling from the safety floor)")
+        ax2.legend(fontsize=6, markerscale=2, loc="lower right")
+    else:
+        ax2.set_axis_off()
+    fig.tight_layout()
+    out.figure(fig, "sparsity_per_input", files,
+               "distribution of achieved block sparsity across dev inputs per task, and against input length",
+               formats=("png",))
+
+
+FIGURES = [table1, pai_glue, tradeoff, sparsity_per_input]

@@ -1,0 +1,53 @@
+"""Every figure and table of the artifact, regenerated from the result files only (no training, no benchmarking):
+
+    python reproduce/make_figures.py                                   # reproduce/results -> figures
+    python reproduce/make_figures.py --results DIR --out DIR [--only table1_glue pai_glue]
+
+A figure whose result file does not exist yet is skipped with one printed line.  Running twice gives byte-identical
+tables (Markdown/CSV/LaTeX) and, with the same matplotlib/seaborn, identical PNG/PDF.  ``<out>/MANIFEST.md`` lists
+each file, the result files it came from, and this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from reproduce.figures import FIGURES
+from reproduce.figures.common import Output, style
+
+
+def _shown(path: Path) -> str:
+    """A path as the command line should show it: relative to the repository when inside it."""
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=str(REPO / "reproduce" / "results"), help="results folder")
+    parser.add_argument("--out", default=str(REPO / "figures"), help="output folder")
+    parser.add_argument("--only", nargs="*", default=None, help="builder names to run (default: all)")
+    args = parser.parse_args(argv)
+    results, out_dir = Path(args.results), Path(args.out)
+    command = f"python reproduce/make_figures.py --results {shlex.quote(_shown(results))} --out {shlex.quote(_shown(out_dir))}"
+    out = Output(out=out_dir, results=results, command=command)
+    style()
+    builders = [f for f in FIGURES if args.only is None or f.__name__ in args.only]
+    for build in builders:
+        style()  # every figure starts from the same rcParams
+        build(out)
+    manifest = out.manifest()
+    print(f"{len(out.entries)} files, {len(out.skipped)} skipped; manifest {manifest}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

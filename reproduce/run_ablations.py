@@ -1,0 +1,128 @@
+"""The ablation grid at matched sparsity: which parts of DendriticBERT matter.
+
+    python reproduce/run_ablations.py --preset small            # the grid of reproduce/configs/small/ablations.toml
+    python reproduce/run_ablations.py --preset smoke --quick --output-dir /tmp/a
+
+Variants that change phase 2 get their own phase 2 (from the shared phase-1 checkpoint) under
+``<runs>/ablations/<variant>/phase2``; every variant then runs phase 3 with the main table's settings and seeds
+(``reproduce/configs/<preset>/glue.toml``), one result file per (task, variant, seed) in
+``reproduce/results/ablations/<task>/`` — resumable like the GLUE runner.  ``full`` and ``dense`` are read from
+the main table's result files (same runs, not rerun).  ``summary.json``: ``{variant: {task: {"score",
+"score_std", "sparsity", "pair_sparsity", "seeds"}}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "reproduce"))
+
+from run_glue import DEFAULT_RESULTS as GLUE_RESULTS  # noqa: E402
+from run_glue import ensure_pretraining, load_plan, run_one  # noqa: E402
+
+from dendritic.provenance import atomic_write_json, provenance  # noqa: E402
+from dendritic.training import load_phase_config, run_phase2  # noqa: E402
+from dendritic.training.config import CONFIG_DIR, tomllib  # noqa: E402
+
+DEFAULT_RESULTS = REPO / "reproduce" / "results" / "ablations"
+
+
+def variant_phase2(preset: str, runs: Path, variant: str, overrides: dict, quick: dict) -> Path:
+    out = runs / "ablations" / variant / "phase2"
+    cfg = load_phase_config(2, preset, {**quick, **overrides, "output_dir": str(out), "init_from": str(runs / "phase1")})
+    run_phase2(cfg)
+    return out
+
+
+def _collect(folder: Path, name: str) -> dict:
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob(f"{name}-seed*.json"))]
+    if not runs:
+        return {}
+    scores = [r["score"] for r in runs]
+    sp = [r["sparsity_mean"] for r in runs if r.get("sparsity_mean") is not None]
+    pair = [r["pair_sparsity_mean"] for r in runs if r.get("pair_sparsity_mean") is not None]
+    return {"score": float(np.mean(scores)), "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+            "sparsity": float(np.mean(sp)) if sp else 0.0, "pair_sparsity": float(np.mean(pair)) if pair else 0.0,
+            "seeds": sorted(r["seed"] for r in runs), "metric": runs[0]["metric"]}
+
+
+def summarise(results: Path, glue_results: Path, tasks: list[str], variants: list[str]) -> dict:
+    summary: dict = {}
+    for task in tasks:
+        for name, folder, stem in [("dense", glue_results / task, "dense"), ("full", glue_results / task, "dendritic")] + \
+                [(v, results / task, v) for v in variants]:
+            entry = _collect(folder, stem)
+            if entry:
+                summary.setdefault(name, {})[task] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--tasks", nargs="*", default=None)
+    parser.add_argument("--seeds", nargs="*", type=int, default=None)
+    parser.add_argument("--variants", nargs="*", default=None, help="subset of the plan's variants")
+    parser.add_argument("--output-dir", default=None, help="checkpoints (default: runs/<preset>)")
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--glue-results-dir", default=None, help="where the main table's runs are (full, dense)")
+    parser.add_argument("--quick", action="store_true", help="tiny runs (minutes), seed 0")
+    args = parser.parse_args(argv)
+
+    plan = tomllib.loads((CONFIG_DIR / args.preset / "ablations.toml").read_text())
+    glue_plan = load_plan(args.preset)
+    runs = Path(args.output_dir or f"runs/{args.preset}")
+    results = Path(args.results_dir) if args.results_dir else (runs / "results" / "ablations" if args.quick else DEFAULT_RESULTS)
+    glue_results = Path(args.glue_results_dir) if args.glue_results_dir else (runs / "results" if args.quick else GLUE_RESULTS)
+    tasks = args.tasks or plan["tasks"]
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])
+    variants = args.variants or list(plan["variants"])
+    unknown = set(variants) - set(plan["variants"])
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; the plan has {list(plan['variants'])}")
+
+    quick3, quick2, pre = {}, {}, {}
+    if args.quick:
+        quick3 = {"train_samples": 32, "eval_samples": 24, "epochs": 1.0, "max_length": 64}
+        quick2 = {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}
+        pre = {1: {k: v for k, v in quick2.items() if k != "sensitivity_batches"}, 2: quick2}
+    main_phase2 = ensure_pretraining(args.preset, runs, pre)
+
+    for seed in seeds:
+        for task in tasks:
+            settings = {k: v for k, v in glue_plan.get("task", {}).get(task, {}).items() if k != "seeds"}
+            settings.update(quick3)
+            for variant in variants:
+                spec = plan["variants"][variant]
+                phase3 = dict(spec.get("phase3", {}))
+                from_phase1 = phase3.pop("from_phase1", False)
+                policy = phase3.pop("policy", "learned")
+                model_overrides = dict(phase3.pop("model_overrides", {}))
+                if policy == "static":
+                    model_overrides["static_window"] = plan["static_window"][task]
+                phase2_dir = main_phase2
+                if "phase2" in spec:
+                    phase2_dir = variant_phase2(args.preset, runs, variant, spec["phase2"], quick2)
+                if from_phase1:
+                    phase2_dir = runs / "phase1"
+                run_one(args.preset, runs / "ablations" / variant, results, task, "dendritic", seed,
+                        {**settings, **phase3, "model_overrides": model_overrides}, policy=policy,
+                        tag=f"{variant}-seed{seed}", phase2_dir=phase2_dir)
+                atomic_write_json(results / "summary.json",
+                                  {**summarise(results, glue_results, tasks, variants), "provenance": provenance()})
+    summary = summarise(results, glue_results, tasks, variants)
+    atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
+    for variant, per_task in summary.items():
+        print(variant, {t: round(v["score"], 4) for t, v in per_task.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

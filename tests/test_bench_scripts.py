@@ -1,0 +1,111 @@
+"""The latency and memory sweep scripts run end to end (``--quick``) and write consistent JSON: schema, ranges, and
+ratios/bounds that agree with the times and sparsities they are computed from.  Correctness, not speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+LATENCY_FIELDS = {
+    "level", "backend", "model", "n", "batch", "dtype", "block_size", "target_sparsity", "achieved_sparsity",
+    "median_ms", "p90_ms", "ratio_vs_sdpa", "ratio_vs_eager", "amdahl_bound", "attention_share", "amdahl_fraction",
+    "threads", "positions_extended",
+}
+MEMORY_FIELDS = {
+    "n", "batch", "backend", "model", "target_sparsity", "achieved_sparsity", "peak_mb", "reduction_vs_eager",
+    "ratio_vs_sdpa", "method",
+}
+
+
+def run_script(name: str, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / name), "--quick", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data) >= {"rows", "provenance", "skipped"}
+    assert data["provenance"]["git_commit"] and data["provenance"]["packages"]["torch"]
+    return data
+
+
+@pytest.fixture(scope="module")
+def latency(tmp_path_factory):
+    return run_script("bench_latency.py", tmp_path_factory.mktemp("latency") / "summary.json")
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    return run_script("bench_memory.py", tmp_path_factory.mktemp("memory") / "summary.json")
+
+
+def test_latency_schema_and_levels(latency):
+    rows = latency["rows"]
+    assert {r["level"] for r in rows} == {"kernel", "layer", "model"}
+    for r in rows:
+        assert LATENCY_FIELDS <= set(r), LATENCY_FIELDS - set(r)
+        assert r["dtype"] == "float32" and r["threads"] == 1 and r["model"] == "minilm-l6"
+        assert 0.0 <= r["achieved_sparsity"] < 1.0
+        assert 0 < r["median_ms"] <= r["p90_ms"]
+        assert r["ratio_vs_sdpa"] > 0 and r["ratio_vs_eager"] > 0
+        if r["backend"] in ("sdpa", "eager"):
+            assert r["achieved_sparsity"] == 0.0 and r["block_size"] is None
+        elif r["backend"] == "reference":  # the specification itself: nothing to check it against
+            assert r["level"] == "kernel" and r["correctness"] is None
+        else:
+            assert r["block_size"] == 32 and r["correctness"]["max_abs_err"] < 1e-4
+        if r["level"] == "layer" and r["backend"] == "cpu":
+            assert min(r["policy_ms"], r["mask_ms"], r["kernel_ms"]) > 0
+        if r["level"] == "kernel":
+            assert r["ideal_ms"] == pytest.approx((1 - r["achieved_sparsity"]) * sdpa_row(rows, r)["median_ms"])
+    # The dense baselines are their own reference.
+    for r in rows:
+        if r["backend"] == "sdpa":
+            assert r["ratio_vs_sdpa"] == 1.0
+        if r["backend"] == "eager":
+            assert r["ratio_vs_eager"] == 1.0
+    # The sparse sweep reaches real sparsity at target 0.5 (8 blocks of 32 at n=256).
+    assert any(r["achieved_sparsity"] > 0.3 for r in rows if r["level"] == "model" and r["target_sparsity"] == 0.5)
+
+
+def sdpa_row(rows, r):
+    (match,) = [x for x in rows if x["backend"] == "sdpa" and all(x[k] == r[k] for k in ("level", "model", "n", "batch"))]
+    return match
+
+
+def test_latency_amdahl_consistent(latency):
+    model_rows = [r for r in latency["rows"] if r["level"] == "model"]
+    assert model_rows
+    for r in model_rows:
+        share = r["attention_share"]
+        assert 0.0 < share < 1.0
+        assert 0.0 < r["amdahl_bound"] <= 1.0
+        assert r["amdahl_bound"] == pytest.approx(1 - r["achieved_sparsity"] * share)
+        if r["achieved_sparsity"] > 0:
+            expected = (1 - r["ratio_vs_sdpa"]) / (1 - r["amdahl_bound"])
+            assert math.isclose(r["amdahl_fraction"], expected, rel_tol=1e-9)
+        else:
+            assert r["amdahl_fraction"] is None
+    assert len({r["attention_share"] for r in model_rows}) == 1  # one share per (model, n, batch), same run
+    for r in latency["rows"]:
+        if r["level"] != "model":
+            assert r["amdahl_bound"] is None and r["attention_share"] is None
+
+
+def test_memory_schema_and_ratios(memory):
+    rows = memory["rows"]
+    assert {r["backend"] for r in rows} == {"eager", "sdpa", "cpu"}
+    peaks = {r["backend"]: r["peak_mb"] for r in rows}
+    for r in rows:
+        assert MEMORY_FIELDS <= set(r), MEMORY_FIELDS - set(r)
+        assert r["peak_mb"] > 0 and 0.0 <= r["achieved_sparsity"] < 1.0
+        assert r["method"]
+        assert r["reduction_vs_eager"] == pytest.approx(1 - r["peak_mb"] / peaks["eager"])
+        assert r["ratio_vs_sdpa"] == pytest.approx(r["peak_mb"] / peaks["sdpa"])
+    (cpu,) = [r for r in rows if r["backend"] == "cpu"]
+    assert cpu["achieved_sparsity"] > 0.3 and cpu["block_size"] == 32

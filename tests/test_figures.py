@@ -1,0 +1,260 @@
+"""reproduce/make_figures.py: every figure/table from SYNTHETIC result files (built here, in tmp — never in
+reproduce/results), twice, into two folders: tables byte-identical, every expected file present, and a missing
+input skips its figure with one line instead of crashing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MAKE = REPO / "reproduce" / "make_figures.py"
+
+TASKS = {"rte": "accuracy", "mrpc": "f1", "wnli": "accuracy"}
+SEEDS = [0, 1]
+BLOCK = 4
+L, H = 3, 4
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def _run_record(task: str, variant: str, seed: int, rng: np.random.Generator) -> dict:
+    dev = 20
+    lengths = rng.integers(8, 70, size=dev).tolist()
+    labels = rng.integers(0, 2, size=dev).tolist()
+    preds = [y if rng.random() < 0.75 else 1 - y for y in labels]
+    score = float(np.mean(np.asarray(preds) == np.asarray(labels)))
+    dendritic = variant == "dendritic"
+    per_input = [round(float(rng.uniform(0.2, 0.6)), 5) for _ in lengths] if dendritic else [0.0] * dev
+    return {
+        "task": task, "variant": variant, "policy": "learned", "seed": seed, "metric": TASKS[task], "score": score,
+        "metrics": {TASKS[task]: score}, "block_size": BLOCK if variant != "dsn" else None,
+        "parameters": {"dense": 22_713_000, "dendritic": 22_780_000, "dsn": 11_900_000}[variant],
+        "policy_parameters": 67_000 if variant != "dsn" else 0, "target_sparsity": 0.5 if dendritic else 0.0,
+        "sparsity_mean": float(np.mean(per_input)), "sparsity_std": float(np.std(per_input)),
+        "pair_sparsity_mean": float(np.mean(per_input)) * 0.9, "per_input_sparsity": per_input,
+        "input_lengths": lengths, "predictions": preds, "labels": labels, "train_examples": 100,
+        "dev_examples": dev,
+        "resolved_config": {"preset": "small", "model": "minilm", "task": task, "variant": variant, "seed": seed,
+                            "epochs": 2.0, "train_samples": 100 if task != "wnli" else None, "max_length": 128},
+        "provenance": {"schema_version": 1, "git_commit": "synthetic"},
+    }
+
+
+def _summary(runs: dict) -> dict:
+    """The same shape as run_glue.summarise (computed here independently, on the synthetic runs)."""
+    out = {}
+    for task, by in runs.items():
+        def ms(v, by=by):
+            xs = [r["score"] for r in by[v].values()]
+            return float(np.mean(xs)), float(np.std(xs, ddof=1))
+        (dm, ds), (em, es), (sm, ss) = ms("dense"), ms("dendritic"), ms("dsn")
+        per = [x for r in by["dendritic"].values() for x in r["per_input_sparsity"]]
+        out[task] = {"metric": TASKS[task], "dense_mean": dm, "dense_std": ds, "dendritic_mean": em,
+                     "dendritic_std": es, "dsn_mean": sm, "dsn_std": ss, "retention": em / dm,
+                     "sparsity_mean": float(np.mean(per)), "sparsity_std": float(np.std(per)),
+                     "pair_sparsity_mean": float(np.mean(per)) * 0.9, "agreement_with_dense": 0.8, "seeds": SEEDS,
+                     "block_size": BLOCK, "train_examples": 100, "dev_examples": 20,
+                     "parameters": {v: next(iter(by[v].values()))["parameters"] for v in by},
+                     "policy_parameters": 67_000}
+    for key, keep in (("average", lambda t: True), ("average_without_wnli", lambda t: t != "wnli")):
+        chosen = [t for t in runs if keep(t)]
+        d = float(np.mean([out[t]["dense_mean"] for t in chosen]))
+        e = float(np.mean([out[t]["dendritic_mean"] for t in chosen]))
+        out[key] = {"dense": d, "dendritic": e, "retention": e / d, "tasks": chosen,
+                    "sparsity_mean": float(np.mean([out[t]["sparsity_mean"] for t in chosen])),
+                    "mean_task_retention": float(np.mean([out[t]["retention"] for t in chosen]))}
+    out["provenance"] = {"schema_version": 1}
+    return out
+
+
+def build_fixtures(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    glue = root / "glue"
+    runs: dict = {}
+    for task in TASKS:
+        for variant in ("dense", "dendritic", "dsn"):
+            for seed in SEEDS:
+                rec = _run_record(task, variant, seed, rng)
+                runs.setdefault(task, {}).setdefault(variant, {})[seed] = rec
+                _write(glue / task / f"{variant}-seed{seed}.json", rec)
+    _write(glue / "summary.json", _summary(runs))
+    trade = [{"task": t, "policy": "learned", "target_sparsity": s, "score": 0.7 - 0.2 * s * s, "metric": TASKS[t],
+              "sparsity_mean": s * 0.9, "pair_sparsity_mean": s * 0.85, "seed": 0}
+             for t in ("rte", "mrpc") for s in (0.3, 0.5, 0.7, 0.9)]
+    _write(glue / "tradeoff.json", {"rows": trade, "provenance": {}})
+
+    p2 = root / "train" / "small" / "phase2"
+    sens = rng.uniform(0, 1, size=(L, H)).tolist()
+    budgets = rng.uniform(0.3, 0.7, size=(L, H)).tolist()
+    _write(p2 / "budgets.json", {"method": "sensitivity", "target_sparsity": 0.5, "sensitivity": sens,
+                                 "head_budgets": budgets})
+    lines = []
+    for step in range(5, 105, 5):
+        rec = {"step": step, "epoch": step / 100, "loss": 3.0 - step / 100, "task_loss": 2.8 - step / 100,
+               "sparsity_loss": 0.1 / step, "sparsity/mean": min(0.5, step / 150), "sparsity/target": 0.5,
+               "temperature": 1.0 - 0.009 * step, "sparsity_weight": min(10.0, step / 3)}
+        rec.update({f"sparsity/layer_{i}": min(0.6, step / (120 + 20 * i)) for i in range(L)})
+        lines.append(json.dumps(rec))
+    lines.append(json.dumps({"step": 100, "epoch": 1.0, "train_runtime": 12.0}))  # Trainer's final summary line
+    (p2 / "log.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "train" / "small" / "phase1").mkdir(parents=True)
+    (root / "train" / "small" / "phase1" / "log.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "loss": 5.0 - s / 50}) for s in range(5, 105, 5)) + "\n")
+
+    lat = []
+    for model, d in (("minilm-l6", 384), ("bert-base", 768)):
+        for n in (512, 1024, 2048):
+            share = n / (n + 6 * d)
+            for level in ("kernel", "layer", "model"):
+                base = {"level": level, "model": model, "n": n, "batch": 1, "dtype": "float16", "threads": 16,
+                        "attention_share": share, "positions_extended": n > 512}
+                sdpa = 0.001 * n * (1 + (level == "model") * 5)
+                lat.append({**base, "backend": "sdpa", "block_size": None, "target_sparsity": None,
+                            "achieved_sparsity": None, "median_ms": sdpa, "p90_ms": sdpa * 1.1, "ratio_vs_sdpa": 1.0,
+                            "ratio_vs_eager": 0.7, "amdahl_bound": None, "amdahl_fraction": None})
+                lat.append({**base, "backend": "eager", "block_size": None, "target_sparsity": None,
+                            "achieved_sparsity": None, "median_ms": sdpa / 0.7, "p90_ms": sdpa / 0.6,
+                            "ratio_vs_sdpa": 1 / 0.7, "ratio_vs_eager": 1.0, "amdahl_bound": None,
+                            "amdahl_fraction": None})
+                for s in (0.5, 0.75):
+                    t = sdpa * (1 - 0.8 * s * (share if level == "model" else 1.0))
+                    row = {**base, "backend": "dendritic-cupy", "block_size": 64, "target_sparsity": s,
+                           "achieved_sparsity": s - 0.01, "median_ms": t, "p90_ms": t * 1.1,
+                           "ratio_vs_sdpa": t / sdpa, "ratio_vs_eager": t * 0.7 / sdpa,
+                           "amdahl_bound": 1 - s * share, "amdahl_fraction": s * share}
+                    if level == "layer":
+                        row.update(policy_ms=0.1 * t, mask_ms=0.05 * t, kernel_ms=0.85 * t)
+                    lat.append(row)
+    _write(root / "latency" / "summary.json", {"rows": lat, "provenance": {"gpu": "synthetic", "torch": "x"}})
+
+    kern = [{"B": 1, "H": 12, "n": n, "d": d, "block_size": b, "target_sparsity": s, "achieved_block_sparsity": s,
+             "t_sdpa_ms": n / 100, "t_cpu_ms": n / 100 * (1 - s) * 1.2, "t_flex_ms": n / 80,
+             "efficiency": 1 / 1.2, "flex_over_cpu": 2.0, "mask_build_ms": 0.01, "mask_build_pct_of_sdpa": 0.1,
+             "flex_compile_s": 1.0, "rounds": 3, "raw_ms": {"sdpa": [1.0], "cpu": [1.0], "flex": [1.0]},
+             "loadavg_1min": 1.0}
+            for n in (512, 1024) for d in (32, 64) for b in (32, 64) for s in (0.5, 0.75)]
+    _write(root / "kernels" / "summary.json", {"what": "synthetic", "efficiency_definition": "(1 - s) * t_sdpa / t_cpu",
+                                               "provenance": {"cpu": "synthetic", "threads": 2,
+                                                              "loadavg_start": [1.0, 1.0, 1.0]},
+                                               "rows": kern, "skipped_for_time_budget": []})
+
+    mem = [{"n": n, "batch": 1, "backend": b, "model": "bert-base", "target_sparsity": s,
+            "achieved_sparsity": s, "peak_mb": n * (2.0 if b == "eager" else 1.0) * (1 - (s or 0) / 2),
+            "reduction_vs_eager": None if b == "eager" else 0.5, "ratio_vs_sdpa": 1.0, "method": "cuda.max_memory_allocated"}
+           for n in (512, 1024, 2048) for b, s in (("eager", None), ("sdpa", None), ("dendritic-cupy", 0.5))]
+    _write(root / "memory" / "summary.json", {"rows": mem, "provenance": {"gpu": "synthetic"}})
+
+    abl = {v: {t: {"score": 0.6 + 0.01 * i, "score_std": 0.02, "sparsity": 0.5, "seeds": SEEDS}
+               for t in ("rte", "mrpc")}
+           for i, v in enumerate(["full", "random", "static", "training_free", "no_gating", "uniform_budget",
+                                  "no_gumbel", "no_anneal", "no_phase2", "distill"])}
+    abl["dense"] = {t: {"score": 0.66, "score_std": 0.01, "sparsity": 0.0, "seeds": SEEDS} for t in ("rte", "mrpc")}
+    _write(root / "ablations" / "summary.json", abl)
+
+    tokens = ["[CLS]", "the", "movie", "was", "not", "bad", "at", "all", ",", "really", "[SEP]"]
+    nb = -(-len(tokens) // BLOCK)
+    layers = {str(layer): {str(h): rng.integers(0, 2, size=(nb, nb)).tolist() for h in range(H)} for layer in range(L)}
+    _write(root / "masks" / "examples.json", {"examples": [
+        {"task": "sst2", "sentence": "the movie was not bad at all, really", "tokens": tokens, "block_size": BLOCK,
+         "layers": layers}]})
+
+
+EXPECTED = [
+    "table1_glue.md", "table1_glue.csv", "table1_glue.tex", "pai_glue.png", "pai_glue.pdf", "tradeoff.png",
+    "tradeoff.pdf", "sparsity_per_input.png", "budget_heatmap.png", "phase2_training.png", "phase1_training.png",
+    "latency_vs_n.png", "speedup_vs_sparsity.png", "policy_overhead.png", "table_latency.md", "table_latency.csv",
+    "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
+    "table_ablations.md", "table_ablations.csv", "example_masks.png", "MANIFEST.md",
+]
+
+
+def _make(results: Path, out: Path) -> str:
+    proc = subprocess.run([sys.executable, str(MAKE), "--results", str(results), "--out", str(out)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("figs")
+    build_fixtures(root / "results")
+    procs = [subprocess.Popen([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(root / name)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("a", "b")]  # the two builds side by side: same inputs, separate processes
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    return root, logs
+
+
+def test_every_expected_file_is_written(two_runs):
+    root, logs = two_runs
+    missing = [f for f in EXPECTED if not (root / "a" / f).exists()]
+    assert not missing, f"missing {missing}\n{logs[0]}"
+    assert not [line for line in logs[0].splitlines() if line.startswith("skipped")], logs[0]
+    manifest = (root / "a" / "MANIFEST.md").read_text()
+    for f in EXPECTED[:-1]:
+        assert f"`{f}`" in manifest
+
+
+def test_tables_are_byte_identical(two_runs):
+    root, _ = two_runs
+    tables = sorted(p.name for p in (root / "a").iterdir() if p.suffix in (".md", ".csv", ".tex"))
+    assert len(tables) >= 10
+    for name in tables:
+        a, b = (root / "a" / name).read_bytes(), (root / "b" / name).read_bytes()
+        if name == "MANIFEST.md":  # names its own output folder in the command line
+            a, b = a.replace(str(root / "a").encode(), b"OUT"), b.replace(str(root / "b").encode(), b"OUT")
+        assert a == b, name
+
+
+def test_images_are_byte_identical(two_runs):
+    root, _ = two_runs
+    images = sorted(p.name for p in (root / "a").iterdir() if p.suffix in (".png", ".pdf"))
+    differ = [n for n in images if (root / "a" / n).read_bytes() != (root / "b" / n).read_bytes()]
+    assert not differ, differ
+
+
+def test_table1_content(two_runs):
+    root, _ = two_runs
+    md = (root / "a" / "table1_glue.md").read_text()
+    assert "block size 4" in md and "max length 128" in md and "preset small" in md
+    assert "RTE" in md and "Average w/o WNLI (2)" in md
+    summary = json.loads((root / "results" / "glue" / "summary.json").read_text())
+    assert f"{100 * summary['rte']['dense_mean']:.1f} ± {100 * summary['rte']['dense_std']:.1f}" in md
+    csv_lines = (root / "a" / "table1_glue.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("task,metric,dense_mean")
+    assert len(csv_lines) == 1 + len(TASKS) + 2
+
+
+def test_missing_inputs_skip_cleanly(tmp_path):
+    results = tmp_path / "results"
+    build_fixtures(results)
+    for sub in ("latency", "memory", "masks", "ablations"):
+        for f in sorted((results / sub).rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        (results / sub).rmdir()
+    (results / "glue" / "tradeoff.json").unlink()
+    log = _make(results, tmp_path / "out")
+    for name in ("latency_vs_n", "memory_vs_n", "example_masks", "ablations", "tradeoff", "table_latency"):
+        assert sum(f"({name})" in line and line.startswith("skipped") for line in log.splitlines()) == 1, log
+        assert not any((tmp_path / "out").glob(f"{name}.*"))
+    assert (tmp_path / "out" / "table1_glue.md").exists()
+    assert (tmp_path / "out" / "kernel_efficiency.png").exists()
+    assert "Not generated" in (tmp_path / "out" / "MANIFEST.md").read_text()
+
+
+def test_empty_results_folder(tmp_path):
+    log = _make(tmp_path / "nothing", tmp_path / "out")
+    assert "Traceback" not in log
+    assert (tmp_path / "out" / "MANIFEST.md").exists()
+    assert not any(p.suffix in (".png", ".pdf", ".csv", ".tex") for p in (tmp_path / "out").iterdir())
