@@ -97,7 +97,9 @@ def _validate_inputs(config, input_ids, attention_mask, inputs_embeds, token_typ
             raise ValueError("attention_mask must keep the first token ([CLS]) of every sequence (left padding is not supported)")
     if token_type_ids is not None:
         if tuple(token_type_ids.shape) != (B, n):
-            raise ValueError(f"token_type_ids must have shape (batch, seq_len) = {(B, n)}, got {tuple(token_type_ids.shape)}")
+            raise ValueError(
+                f"token_type_ids must have shape (batch, seq_len) = {(B, n)}, got {tuple(token_type_ids.shape)}"
+            )
         if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= config.type_vocab_size:
             raise ValueError(f"token_type_ids must lie in [0, {config.type_vocab_size - 1}] (type_vocab_size)")
 
@@ -141,8 +143,9 @@ class _ClearCheckpointErrors:
                 raise
             diff = _shape_field_diff(pretrained_model_name_or_path, kwargs) or "weight shapes differ"
             raise ValueError(
-                f"checkpoint {pretrained_model_name_or_path} does not fit the requested {cls.__name__} config ({diff}); "
-                "load it with its own config, or pass ignore_mismatched_sizes=True to re-initialise those weights"
+                f"checkpoint {pretrained_model_name_or_path} does not fit the requested {cls.__name__} config "
+                f"({diff}); load it with its own config, or pass ignore_mismatched_sizes=True to re-initialise those "
+                "weights"
             ) from err
 
 

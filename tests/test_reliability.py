@@ -90,9 +90,9 @@ def _corrupt(name):
         "integer_dtype": (lambda q, k, v, n_, i: ((q.int(), k.int(), v.int(), n_, i), {}), TypeError,
                           "q must be float16, bfloat16, float32 or float64"),
         "device_mismatch": (lambda q, k, v, n_, i: ((q, k.to("meta"), v, n_, i), {}), ValueError, "same device"),
-        "three_d": (lambda q, k, v, n_, i: ((q[0], k[0], v[0], n_, i), {}), ValueError, r"q must have shape \(B, H, n, d\)"),
-        "non_contiguous": (lambda q, k, v, n_, i: ((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), n_, i), {}),
-                           ValueError, "q must be contiguous"),
+        "three_d": (lambda q, k, v, n_, i: ((q[0], k[0], v[0], n_, i), {}), ValueError,
+                    r"q must have shape \(B, H, n, d\)"),
+        "non_contiguous": (lambda q, k, v, n_, i: ((q.mT, k.mT, v.mT, n_, i), {}), ValueError, "q must be contiguous"),
         "index_dtype": (lambda q, k, v, n_, i: ((q, k, v, n_, i.long()), {}), TypeError, "kv_indices must be int32"),
         "index_not_tensor": (lambda q, k, v, n_, i: ((q, k, v, n_.tolist(), i), {}), TypeError,
                              "kv_num_blocks must be an int32 torch.Tensor"),
@@ -178,7 +178,8 @@ def test_cupy_backend_without_cupy_raises_import_error(monkeypatch):
     import dendritic.kernels as K
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cupy" else real_find_spec(name, *a))
     monkeypatch.delitem(sys.modules, "dendritic.kernels.cupy_backend", raising=False)
     monkeypatch.delitem(K._loaded, "cupy", raising=False)
     q, k, v, nblk, idx = _kernel_case(n=32, d=32)
@@ -251,7 +252,8 @@ def smoke_model():
     "kwargs, error, match",
     [
         (dict(inputs_embeds=torch.full((1, 4, 64), float("inf"))), ValueError, "inputs_embeds contains NaN or Inf"),
-        (dict(inputs_embeds=torch.zeros(1, 4, 32)), ValueError, r"inputs_embeds must have shape \(batch, seq_len, 64\)"),
+        (dict(inputs_embeds=torch.zeros(1, 4, 32)), ValueError,
+         r"inputs_embeds must have shape \(batch, seq_len, 64\)"),
         (dict(input_ids=torch.randint(0, 100, (2, 8)), attention_mask=torch.ones(8)), ValueError,
          r"attention_mask must have shape \(batch, seq_len\) = \(2, 8\)"),
         (dict(input_ids=torch.randint(0, 100, (2, 8)), attention_mask=torch.ones(2, 8, 8)), ValueError,
