@@ -88,7 +88,9 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
     name = tag or f"{variant}-seed{seed}"
     out_file = results / task / f"{name}.json"
     if out_file.exists():
-        return json.loads(out_file.read_text())
+        existing = json.loads(out_file.read_text())
+        _check_same_settings(out_file, existing.get("resolved_config", {}), settings, target)
+        return existing
     init_from = (phase2_dir or runs / "phase2") if variant == "dendritic" else runs / "phase1"
     overrides = {**settings, "task": task, "variant": variant, "seed": seed, "policy": policy,
                  "output_dir": str(runs / "glue" / task / name), "init_from": str(init_from)}
@@ -111,6 +113,16 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
     return record
 
 
+def _check_same_settings(path: Path, resolved: dict, settings: dict, target: float | None) -> None:
+    """A finished result is reused only if it was made with the settings asked for now: a changed plan must not
+    silently mix with old results."""
+    wanted = {**settings, **({"target_sparsity": target} if target is not None else {})}
+    differ = {k: (resolved.get(k), v) for k, v in wanted.items() if k in resolved and resolved.get(k) != v}
+    if differ:
+        raise RuntimeError(f"{path} was made with other settings ({differ}: (file, now)); use another --results-dir "
+                           "or remove it to rerun")
+
+
 # -- the summary --------------------------------------------------------------------------------------------------
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     if not xs:
@@ -127,8 +139,11 @@ def summarise(results: Path, tasks: list[str]) -> dict:
     for task in tasks:
         runs = {f.stem: json.loads(f.read_text()) for f in sorted((results / task).glob("*-seed*.json"))}
         by = {v: {r["seed"]: r for k, r in runs.items() if k.startswith(f"{v}-seed")} for v in ("dense", "dendritic", "dsn")}
-        if not by["dense"] or not by["dendritic"]:
+        # Compare on the seeds both variants have finished (a run in progress must not unbalance the means).
+        paired = set(by["dense"]) & set(by["dendritic"])
+        if not paired:
             continue
+        by = {v: {s: r for s, r in runs_v.items() if s in paired} for v, runs_v in by.items()}
         dense_m, dense_s = _mean_std([r["score"] for r in by["dense"].values()])
         den_m, den_s = _mean_std([r["score"] for r in by["dendritic"].values()])
         dsn_m, dsn_s = _mean_std([r["score"] for r in by["dsn"].values()])
@@ -151,7 +166,10 @@ def summarise(results: Path, tasks: list[str]) -> dict:
             "block_size": next(iter(by["dendritic"].values()))["block_size"],
             "train_examples": next(iter(by["dendritic"].values()))["train_examples"],
             "dev_examples": next(iter(by["dendritic"].values()))["dev_examples"],
-            "parameters": {v: next(iter(by[v].values()))["parameters"] for v in by if by[v]},
+            # Parameters a variant uses: the dense model carries the (unused) policy modules, so they are not counted.
+            "parameters": {v: next(iter(by[v].values()))["parameters"]
+                           - (next(iter(by[v].values())).get("policy_parameters") or 0 if v == "dense" else 0)
+                           for v in by if by[v]},
             "policy_parameters": next(iter(by["dendritic"].values())).get("policy_parameters"),
         }
     done = list(summary)

@@ -414,6 +414,18 @@ def test_results_folder_from_another_version_is_refused(tmp_path):
         check(tmp_path)
 
 
+def test_finished_result_with_other_settings_is_not_reused(tmp_path):
+    module = _run_glue_module()
+    result = {"score": 0.5, "resolved_config": {"epochs": 2.0, "train_samples": 1500, "target_sparsity": 0.5},
+              "provenance": {"schema_version": RESULTS_SCHEMA_VERSION}}
+    path = tmp_path / "rte" / "dense-seed0.json"
+    atomic_write_json(path, result)
+    same = module.run_one("small", tmp_path, tmp_path, "rte", "dense", 0, {"epochs": 2.0, "train_samples": 1500})
+    assert same["score"] == 0.5  # reused, nothing rerun
+    with pytest.raises(RuntimeError, match=r"other settings.*epochs"):
+        module.run_one("small", tmp_path, tmp_path, "rte", "dense", 0, {"epochs": 3.0, "train_samples": 1500})
+
+
 # ==================================================================================================================
 # Randomised: the model-level policy
 # ==================================================================================================================

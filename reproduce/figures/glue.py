@@ -109,7 +109,10 @@ def table1(out: Output) -> None:
 
     cfgs = {t: _settings(runs, t) for t in tasks}
     presets = _setting_text([c.get("preset") for c in cfgs.values()])
-    models = _setting_text([c.get("model") for c in cfgs.values()])
+    # Phase 3 starts from the preset's phase-1/2 checkpoints; its own `model` field is unused, so name the model
+    # by preset.
+    names = {"smoke": "tiny random BERT", "small": "MiniLM-L6 (all-MiniLM-L6-v2)", "paper": "bert-base-uncased"}
+    models = _setting_text([names.get(c.get("preset"), c.get("preset")) for c in cfgs.values()])
     max_len = _setting_text([c.get("max_length") for c in cfgs.values()])
     train_desc = "; ".join(
         f"{task_label(t)} {('all' if cfgs[t].get('train_samples') is None else cfgs[t].get('train_samples')) if cfgs[t] else '?'}"

@@ -1,0 +1,44 @@
+"""The GLUE and ablation runners end to end on the smoke preset (`--quick`): the code paths of the main job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "reproduce" / script), *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_quick_glue_and_ablations(tmp_path):
+    glue = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "mnli", "--output-dir", str(tmp_path))
+    assert glue.returncode == 0, glue.stderr[-3000:]
+    assert "skipping mnli" in glue.stdout  # no data offline: said in one line, never faked
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    wnli = summary["wnli"]
+    assert set(wnli["parameters"]) == {"dense", "dendritic", "dsn"}
+    assert wnli["parameters"]["dense"] < wnli["parameters"]["dendritic"]  # the policy is counted for dendritic only
+    assert 0.0 < wnli["sparsity_mean"] < 1.0 and wnli["seeds"] == [0]
+    assert summary["average"]["tasks"] == ["wnli"]
+    run = json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())
+    assert {"resolved_config", "provenance", "per_input_sparsity", "predictions"} <= set(run)
+    assert len(run["per_input_sparsity"]) == run["dev_examples"]
+
+    # A rerun reuses every finished result (nothing is trained again).
+    again = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "--output-dir", str(tmp_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())["provenance"] == run["provenance"]
+
+    abl = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path),
+               "--variants", "static", "no_gating")
+    assert abl.returncode == 0, abl.stderr[-3000:]
+    ablations = json.loads((tmp_path / "results" / "ablations" / "summary.json").read_text())
+    assert {"dense", "full", "static", "no_gating"} <= set(ablations)
+    assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
