@@ -1,6 +1,8 @@
 """Attention kernel benchmarks: block-sparse backends against dense baselines, fp32, one forward pass.
 
 Run: ``pytest benchmarks/bench_kernels.py --benchmark-only`` (add ``-k "cpu and 2048"`` etc. to narrow it).
+By default a quick subset runs (n 512/2048, block 64: a few minutes); ``DENDRITIC_BENCH_FULL=1`` runs the whole grid
+(n 512–4096, blocks 32/64/128).  The efficiency table of record is ``reproduce/bench_kernels.py`` (interleaved).
 Results are grouped per shape (``n=…, d=…, B=…``) so the dense SDPA row sits beside every sparse row of that shape.
 Each case checks its output against the reference once before timing; ``benchmark.extra_info`` records the backend
 that actually ran (and the cpu kernel's code path), achieved block sparsity, threads, torch version and CPU.
@@ -12,6 +14,7 @@ n×n matrix like HF's eager attention), ``cpu``, ``flex`` (compiled FlexAttentio
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 
@@ -24,9 +27,10 @@ from dendritic.kernels.cpu import cpu_isa
 from dendritic.masks import block_mask_to_dense, dense_to_block_mask, random_block_mask
 
 H = 12  # heads (BERT-base / MiniLM)
-LENGTHS = (512, 1024, 2048, 4096)
+FULL = os.environ.get("DENDRITIC_BENCH_FULL") == "1"
+LENGTHS = (512, 1024, 2048, 4096) if FULL else (512, 2048)
 SPARSITIES = (0.5, 0.75)
-BLOCK_SIZES = (32, 64, 128)
+BLOCK_SIZES = (32, 64, 128) if FULL else (64,)
 HEAD_DIMS = (32, 64)
 DENSE = ("sdpa", "eager")
 SPARSE = ("cpu", "flex", "reference")
