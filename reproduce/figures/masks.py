@@ -45,7 +45,7 @@ def example_masks(out: Output) -> None:
         return
     picks = [_heads(ex["layers"]) for ex in examples]
     ncol = max(len(p) for p in picks)
-    fig, axes = plt.subplots(len(examples), ncol, figsize=(3.3 * ncol, 3.6 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(len(examples), ncol, figsize=(3.6 * ncol, 4.4 * len(examples)), squeeze=False)
     cmap = ListedColormap(["#f0f0f0", "#dd8452"])
     for row, (ex, heads) in enumerate(zip(examples, picks)):
         block = ex["block_size"]
@@ -74,7 +74,8 @@ def example_masks(out: Output) -> None:
         axes[row][0].annotate(f"{task_label(ex['task'])} (block size {block}, {len(ex['tokens'])} tokens): "
                               f"\"{sentence}\"", (0, 1.18), xycoords="axes fraction", fontsize=7, ha="left")
     fig.suptitle("DendriticBERT block masks on dev sentences (orange: computed, grey: skipped)", fontsize=9)
-    fig.tight_layout()
+    # Fixed spacing (tight_layout cannot fit the long tick labels): room for each row's sentence line and x labels.
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.94, bottom=0.08, wspace=0.75, hspace=0.75)
     out.figure(fig, "example_masks", [path], "block masks of a few heads on real dev sentences, token labels on axes",
                formats=("png",))
 
