@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         quick3 = {"train_samples": 32, "eval_samples": 24, "epochs": 1.0, "max_length": 64}
         quick2 = {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}
         pre = {1: {k: v for k, v in quick2.items() if k != "sensitivity_batches"}, 2: quick2}
-    main_phase2 = ensure_pretraining(args.preset, runs, pre)
+    main_phase2 = ensure_pretraining(args.preset, runs, pre,
+                                     records=runs / "results" / "train" / args.preset if args.quick else None)
 
     for seed in seeds:
         for task in tasks:

@@ -50,15 +50,16 @@ def check_results_folder(results: Path) -> None:
                                "use another --results-dir or remove the old results")
 
 
-def ensure_pretraining(preset: str, runs: Path, overrides: dict[int, dict]) -> Path:
-    """Phases 1 and 2 (each skipped when already done); returns the phase-2 folder."""
+def ensure_pretraining(preset: str, runs: Path, overrides: dict[int, dict], records: Path | None = None) -> Path:
+    """Phases 1 and 2 (each skipped when already done); returns the phase-2 folder.  Their small records (logs,
+    configs, budgets) are copied to ``records`` (default ``reproduce/results/train/<preset>``)."""
     from dendritic.training import run_phase1, run_phase2
 
     p1 = load_phase_config(1, preset, {**overrides.get(1, {}), "output_dir": str(runs / "phase1")})
     run_phase1(p1)
     p2 = load_phase_config(2, preset, {**overrides.get(2, {}), "output_dir": str(runs / "phase2"), "init_from": str(runs / "phase1")})
     run_phase2(p2)
-    export_training_records(runs, TRAIN_RESULTS / preset)
+    export_training_records(runs, records or TRAIN_RESULTS / preset)
     return runs / "phase2"
 
 
@@ -224,10 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         pre = {1: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4},
                2: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}}
     print(f"GLUE plan ({args.preset}): tasks {tasks}; results -> {results}", flush=True)
-    if args.quick:  # quick runs keep their training records beside their results, not in the committed tree
-        global TRAIN_RESULTS
-        TRAIN_RESULTS = results.parent / "train"
-    phase2 = ensure_pretraining(args.preset, runs, pre)
+    # Quick runs keep their training records beside their results, never in the committed tree.
+    phase2 = ensure_pretraining(args.preset, runs, pre, records=results.parent / "train" / args.preset if args.quick else None)
 
     seeds_all = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])
     variants = args.variants or plan["variants"]

@@ -42,3 +42,5 @@ def test_quick_glue_and_ablations(tmp_path):
     ablations = json.loads((tmp_path / "results" / "ablations" / "summary.json").read_text())
     assert {"dense", "full", "static", "no_gating"} <= set(ablations)
     assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
+    # Quick runs never write into the committed results tree.
+    assert not (REPO / "reproduce" / "results" / "train" / "smoke").exists()
