@@ -34,8 +34,20 @@ from dendritic.training.config import CONFIG_DIR, tomllib  # noqa: E402
 DEFAULT_RESULTS = REPO / "reproduce" / "results" / "ablations"
 
 
-def variant_phase2(preset: str, runs: Path, variant: str, overrides: dict, quick: dict) -> Path:
+# Phase-2 settings that leave the budget allocator's measurement unchanged: head sensitivity is measured once,
+# in eval mode (hard masks, no Gumbel noise, no teacher), on the shared phase-1 checkpoint, so these variants
+# reuse the main phase 2's budgets.json instead of spending L*H+1 evaluations to get the same numbers again.
+# (no_gating and uniform_budget change the measurement or skip it, and measure their own.)
+_ALLOCATOR_NEUTRAL = {"gumbel", "anneal", "temperature_start", "temperature_end", "distill", "distill_weight",
+                      "distill_temperature"}
+
+
+def variant_phase2(preset: str, runs: Path, variant: str, overrides: dict, quick: dict, main_phase2: Path) -> Path:
     out = runs / "ablations" / variant / "phase2"
+    shared = main_phase2 / "budgets.json"
+    if set(overrides) <= _ALLOCATOR_NEUTRAL and shared.exists() and not (out / "budgets.json").exists():
+        budgets = json.loads(shared.read_text())
+        atomic_write_json(out / "budgets.json", {**budgets, "shared_from": str(shared)})
     cfg = load_phase_config(2, preset, {**quick, **overrides, "output_dir": str(out), "init_from": str(runs / "phase1")})
     run_phase2(cfg)
     return out
@@ -98,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in seeds:
         for task in tasks:
-            settings = {k: v for k, v in glue_plan.get("task", {}).get(task, {}).items() if k != "seeds"}
+            task_plan = glue_plan.get("task", {}).get(task, {})
+            if not args.quick and seed not in task_plan.get("seeds", [seed]):
+                continue  # same seeds as the main table (e.g. SST-2 runs seed 0 only)
+            settings = {k: v for k, v in task_plan.items() if k != "seeds"}
             settings.update(quick3)
             for variant in variants:
                 spec = plan["variants"][variant]
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     model_overrides["static_window"] = plan["static_window"][task]
                 phase2_dir = main_phase2
                 if "phase2" in spec:
-                    phase2_dir = variant_phase2(args.preset, runs, variant, spec["phase2"], quick2)
+                    phase2_dir = variant_phase2(args.preset, runs, variant, spec["phase2"], quick2, main_phase2)
                 if from_phase1:
                     phase2_dir = runs / "phase1"
                 run_one(args.preset, runs / "ablations" / variant, results, task, "dendritic", seed,

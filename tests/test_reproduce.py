@@ -37,10 +37,16 @@ def test_quick_glue_and_ablations(tmp_path):
     assert json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())["provenance"] == run["provenance"]
 
     abl = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path),
-               "--variants", "static", "no_gating")
+               "--variants", "static", "no_gating", "no_gumbel")
     assert abl.returncode == 0, abl.stderr[-3000:]
     ablations = json.loads((tmp_path / "results" / "ablations" / "summary.json").read_text())
-    assert {"dense", "full", "static", "no_gating"} <= set(ablations)
+    assert {"dense", "full", "static", "no_gating", "no_gumbel"} <= set(ablations)
+    # The allocator's measurement is shared where a variant cannot change it, and made afresh where it can.
+    main_budgets = json.loads((tmp_path / "phase2" / "budgets.json").read_text())
+    shared = json.loads((tmp_path / "ablations" / "no_gumbel" / "phase2" / "budgets.json").read_text())
+    own = json.loads((tmp_path / "ablations" / "no_gating" / "phase2" / "budgets.json").read_text())
+    assert shared["head_budgets"] == main_budgets["head_budgets"] and "shared_from" in shared
+    assert "shared_from" not in own
     assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
     # Quick runs never write into the committed results tree.
     assert not (REPO / "reproduce" / "results" / "train" / "smoke").exists()
