@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "reproduce"))
 
 from run_glue import DEFAULT_RESULTS as GLUE_RESULTS  # noqa: E402
-from run_glue import ensure_pretraining, load_plan, run_one  # noqa: E402
+from run_glue import QUICK_PHASE2, QUICK_PHASE3, QUICK_PRE, ensure_pretraining, load_plan, run_one  # noqa: E402
 
 from dendritic.provenance import atomic_write_json, provenance  # noqa: E402
 from dendritic.training import load_phase_config, run_phase2  # noqa: E402
@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; the plan has {list(plan['variants'])}")
 
-    quick3, quick2, pre = {}, {}, {}
-    if args.quick:
-        quick3 = {"train_samples": 32, "eval_samples": 24, "epochs": 1.0, "max_length": 64}
-        quick2 = {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}
-        pre = {1: {k: v for k, v in quick2.items() if k != "sensitivity_batches"}, 2: quick2}
+    quick3, quick2, pre = (QUICK_PHASE3, QUICK_PHASE2, QUICK_PRE) if args.quick else ({}, {}, {})
     main_phase2 = ensure_pretraining(args.preset, runs, pre,
                                      records=runs / "results" / "train" / args.preset if args.quick else None)
 

@@ -28,6 +28,11 @@ from dendritic.training.config import CONFIG_DIR, load_phase_config, tomllib  # 
 
 DEFAULT_RESULTS = REPO / "reproduce" / "results" / "glue"
 
+# `--quick` (every runner): a few steps on tiny subsamples — minutes, the same code paths.
+QUICK_PHASE3 = {"train_samples": 32, "eval_samples": 24, "epochs": 1.0, "max_length": 64}
+QUICK_PHASE2 = {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}
+QUICK_PRE = {1: {k: v for k, v in QUICK_PHASE2.items() if k != "sensitivity_batches"}, 2: QUICK_PHASE2}
+
 
 def load_plan(preset: str) -> dict:
     path = CONFIG_DIR / preset / "glue.toml"
@@ -81,8 +86,9 @@ def export_training_records(runs: Path, dest: Path) -> None:
 
 def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, seed: int, settings: dict,
             *, target: float | None = None, policy: str = "learned", tag: str | None = None,
-            phase2_dir: Path | None = None, keep_model: bool = False) -> dict | None:
-    """One (task, variant, seed) fine-tuning, or its existing result."""
+            phase2_dir: Path | None = None, keep_model: bool = False, init_from: Path | None = None) -> dict | None:
+    """One (task, variant, seed) fine-tuning, or its existing result.  The starting checkpoint is phase 2's for
+    DendriticBERT and phase 1's for the dense and DSN baselines unless ``init_from`` says otherwise."""
     from dendritic.data import get_task
     from dendritic.training import run_phase3
 
@@ -92,7 +98,8 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
         existing = json.loads(out_file.read_text())
         _check_same_settings(out_file, existing.get("resolved_config", {}), settings, target)
         return existing
-    init_from = (phase2_dir or runs / "phase2") if variant == "dendritic" else runs / "phase1"
+    if init_from is None:
+        init_from = (phase2_dir or runs / "phase2") if variant == "dendritic" else runs / "phase1"
     overrides = {**settings, "task": task, "variant": variant, "seed": seed, "policy": policy,
                  "output_dir": str(runs / "glue" / task / name), "init_from": str(init_from)}
     if target is not None:
@@ -218,16 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     check_results_folder(results)
 
-    quick = {}
-    pre = {}
-    if args.quick:
-        quick = {"train_samples": 32, "eval_samples": 24, "epochs": 1.0, "max_length": 64}
-        pre = {1: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4},
-               2: {"max_steps": 4, "save_steps": 2, "max_docs": 3, "seq_len": 32, "batch_size": 4, "sensitivity_batches": 1}}
+    quick = QUICK_PHASE3 if args.quick else {}
+    pre = QUICK_PRE if args.quick else {}
     print(f"GLUE plan ({args.preset}): tasks {tasks}; results -> {results}", flush=True)
     # Quick runs keep their training records beside their results, never in the committed tree.
     phase2 = ensure_pretraining(args.preset, runs, pre, records=results.parent / "train" / args.preset if args.quick else None)
 
+    # The summary always covers every task of the plan that has results (a run restricted with --tasks must not
+    # drop the others from summary.json), plus any task asked for outside the plan.
+    summary_tasks = [t.lower() for t in plan["tasks"]] + [t for t in tasks if t not in plan["tasks"]]
     seeds_all = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])
     variants = args.variants or plan["variants"]
     for seed in sorted(set(seeds_all)):
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in variants:
                 run_one(args.preset, runs, results, task, variant, seed, settings, phase2_dir=phase2,
                         keep_model=(seed == 0 and variant == "dendritic"))
-            atomic_write_json(results / "summary.json", {**summarise(results, tasks), "provenance": provenance()})
+            atomic_write_json(results / "summary.json", {**summarise(results, summary_tasks), "provenance": provenance()})
 
     if args.tradeoff:
         trade = plan.get("tradeoff", {})
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         tag=f"tradeoff-learned-{target}", phase2_dir=phase2)
         atomic_write_json(results / "tradeoff.json", {**summarise_tradeoff(results), "provenance": provenance()})
 
-    summary = summarise(results, tasks)
+    summary = summarise(results, summary_tasks)
     atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
     if "average" in summary:
         a = summary["average"]

@@ -159,6 +159,23 @@ def build_fixtures(root: Path) -> None:
                                   "no_gumbel", "no_anneal", "no_phase2", "distill"])}
     abl["dense"] = {t: {"score": 0.66, "score_std": 0.01, "sparsity": 0.0, "seeds": SEEDS} for t in ("rte", "mrpc")}
     _write(root / "ablations" / "summary.json", abl)
+    sweep = [{"task": "rte", "policy": "none", "target_sparsity": None, "static_window": None, "metric": "accuracy",
+              "score": 0.66, "sparsity_mean": 0.0, "pair_sparsity_mean": 0.0}]
+    sweep += [{"task": "rte", "policy": pol, "target_sparsity": t, "static_window": None, "metric": "accuracy",
+               "score": 0.66 - 0.1 * t * (i + 1), "sparsity_mean": 0.9 * t, "pair_sparsity_mean": 0.85 * t}
+              for i, pol in enumerate(("learned", "training_free", "random")) for t in (0.3, 0.5, 0.7, 0.9)]
+    sweep += [{"task": "rte", "policy": "static", "target_sparsity": None, "static_window": w, "metric": "accuracy",
+               "score": 0.5 + 0.03 * w, "sparsity_mean": 0.7 - 0.1 * w, "pair_sparsity_mean": 0.6 - 0.1 * w}
+              for w in range(5)]
+    _write(root / "ablations" / "inference_sweep.json", {"rows": sweep, "provenance": {}})
+    _write(root / "diagnostics" / "summary.json", {
+        "dense_from_phase2": {"question": "Is it the phase-2 weights?", "task": "rte", "variant": "dense",
+                              "init": "phase2", "settings": {},
+                              "runs": [{"seed": 0, "score": 0.61, "metrics": {"accuracy": 0.61}}]},
+        "dendritic_3x_budget": {"question": "Is it the budget?", "task": "rte", "variant": "dendritic",
+                                "init": "phase2", "settings": {"epochs": 3.0, "train_samples": 0},
+                                "runs": [{"seed": 0, "score": 0.63, "metrics": {}}, {"seed": 1, "score": 0.65}]},
+        "provenance": {}})
 
     tokens = ["[CLS]", "the", "movie", "was", "not", "bad", "at", "all", ",", "really", "[SEP]"]
     nb = -(-len(tokens) // BLOCK)
@@ -173,7 +190,8 @@ EXPECTED = [
     "tradeoff.pdf", "sparsity_per_input.png", "budget_heatmap.png", "phase2_training.png", "phase1_training.png",
     "latency_vs_n.png", "speedup_vs_sparsity.png", "policy_overhead.png", "table_latency.md", "table_latency.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
-    "table_ablations.md", "table_ablations.csv", "example_masks.png", "MANIFEST.md",
+    "table_ablations.md", "table_ablations.csv", "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png",
+    "MANIFEST.md",
 ]
 
 
@@ -236,16 +254,26 @@ def test_table1_content(two_runs):
     assert len(csv_lines) == 1 + len(TASKS) + 2
 
 
+def test_diagnostics_table_content(two_runs):
+    root, _ = two_runs
+    md = (root / "a" / "table_diagnostics.md").read_text()
+    summary = json.loads((root / "results" / "glue" / "summary.json").read_text())
+    assert "Is it the phase-2 weights?" in md and "epochs=3.0, train_samples=all" in md
+    assert "64.0 ± 1.4" in md  # mean ± std of the two seeds 0.63, 0.65
+    assert f"{100 * summary['rte']['dense_mean']:.1f} ± {100 * summary['rte']['dense_std']:.1f}" in md
+
+
 def test_missing_inputs_skip_cleanly(tmp_path):
     results = tmp_path / "results"
     build_fixtures(results)
-    for sub in ("latency", "memory", "masks", "ablations"):
+    for sub in ("latency", "memory", "masks", "ablations", "diagnostics"):
         for f in sorted((results / sub).rglob("*"), reverse=True):
             f.unlink() if f.is_file() else f.rmdir()
         (results / sub).rmdir()
     (results / "glue" / "tradeoff.json").unlink()
     log = _make(results, tmp_path / "out")
-    for name in ("latency_vs_n", "memory_vs_n", "example_masks", "ablations", "tradeoff", "table_latency"):
+    for name in ("latency_vs_n", "memory_vs_n", "example_masks", "ablations", "tradeoff", "table_latency",
+                 "table_diagnostics"):
         assert sum(f"({name})" in line and line.startswith("skipped") for line in log.splitlines()) == 1, log
         assert not any((tmp_path / "out").glob(f"{name}.*"))
     assert (tmp_path / "out" / "table1_glue.md").exists()

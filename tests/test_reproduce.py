@@ -35,6 +35,10 @@ def test_quick_glue_and_ablations(tmp_path):
     again = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "--output-dir", str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())["provenance"] == run["provenance"]
+    # A run restricted to other tasks keeps the finished ones in summary.json (it once rewrote it without them).
+    other = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "mnli", "--output-dir", str(tmp_path))
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert json.loads((tmp_path / "results" / "summary.json").read_text())["average"]["tasks"] == ["wnli"]
 
     abl = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path),
                "--variants", "static", "no_gating", "no_gumbel")
@@ -48,5 +52,13 @@ def test_quick_glue_and_ablations(tmp_path):
     assert shared["head_budgets"] == main_budgets["head_budgets"] and "shared_from" in shared
     assert "shared_from" not in own
     assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
+    diag = _run("run_diagnostics.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path))
+    assert diag.returncode == 0, diag.stderr[-3000:]
+    diagnostics = json.loads((tmp_path / "results" / "diagnostics" / "summary.json").read_text())
+    assert set(diagnostics) >= {"dense_from_phase2", "dendritic_all_train"}
+    d2 = json.loads((tmp_path / "results" / "diagnostics" / "wnli" / "dense_from_phase2-seed0.json").read_text())
+    assert Path(d2["resolved_config"]["init_from"]) == tmp_path / "phase2" and d2["variant"] == "dense"
+    assert d2["sparsity_mean"] == 0.0 and len(diagnostics["dense_from_phase2"]["runs"]) == 1
+
     # Quick runs never write into the committed results tree.
     assert not (REPO / "reproduce" / "results" / "train" / "smoke").exists()

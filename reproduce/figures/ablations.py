@@ -97,4 +97,41 @@ def table_ablations(out: Output) -> None:
               csv_header=["variant", "task", "score", "score_std", "sparsity", "seeds"], csv_rows=csv_rows)
 
 
-FIGURES = [ablations, table_ablations]
+def table_diagnostics(out: Output) -> None:
+    """One row per diagnostic run (``diagnostics/summary.json``): the question, what changed, the score, and the
+    main table's dense / DendriticBERT means for the same task as the reference."""
+    path = out.results / "diagnostics" / "summary.json"
+    if not require(out, "diagnostics table (table_diagnostics)", path):
+        return
+    data = {k: v for k, v in load_json(path).items() if k != "provenance" and isinstance(v, dict)}
+    glue_path = out.results / "glue" / "summary.json"
+    glue = load_json(glue_path) if glue_path.exists() else {}
+    header = ["Run", "Task", "Model", "Starts from", "Changed settings", "Score × 100", "Seeds",
+              "Main table: dense", "Main table: DendriticBERT", "Question"]
+    rows, csv_rows = [], []
+    for name, d in data.items():
+        scores = [r["score"] for r in d.get("runs", [])]
+        if not scores:
+            continue
+        mean = float(np.mean(scores))
+        std = float(np.std(scores, ddof=1)) if len(scores) > 1 else None
+        changed = ", ".join(f"{k}={'all' if k == 'train_samples' and v == 0 else v}"
+                            for k, v in sorted(d.get("settings", {}).items())) or "–"
+        ref = glue.get(d["task"], {})
+        rows.append([name, task_label(d["task"]), d["variant"], d["init"], changed, pm(mean, std),
+                     str(len(scores)), pm(ref.get("dense_mean"), ref.get("dense_std")),
+                     pm(ref.get("dendritic_mean"), ref.get("dendritic_std")), d["question"]])
+        csv_rows.append([name, d["task"], d["variant"], d["init"], changed, mean, std, len(scores),
+                         ref.get("dense_mean"), ref.get("dendritic_mean")])
+    if not rows:
+        out.skip("diagnostics table (table_diagnostics)", "diagnostics/summary.json has no finished runs")
+        return
+    caption = ["Diagnostic runs: one question each; same phase-3 settings as Table 1 unless listed.",
+               "Scores × 100 (mean ± std over seeds where more than one); references are Table 1's means."]
+    sources = [path] + ([glue_path] if glue_path.exists() else [])
+    out.table("table_diagnostics", header, rows, caption, sources, "diagnostic runs beside the main table",
+              csv_header=["run", "task", "variant", "init", "changed", "score", "score_std", "seeds", "dense_mean",
+                          "dendritic_mean"], csv_rows=csv_rows)
+
+
+FIGURES = [ablations, table_ablations, table_diagnostics]

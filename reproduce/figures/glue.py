@@ -209,16 +209,25 @@ ABLATION_POINTS = {"training_free": ("training-free pooled-QK top-k", "s"), "sta
                    "random": ("random mask", "X")}
 
 
+SWEEP_STYLE = {"learned": ("learned scorer", VARIANT_COLOR["dendritic"]), "training_free": ("training-free top-k", "C2"),
+               "random": ("random", "C3"), "static": ("static window w=0..4", "C4")}
+
+
 def tradeoff(out: Output) -> None:
+    """Trained trade-off points (one fine-tuning per target, learned policy), the ablations' trained variants at
+    the main target, and — dashed — the inference-only sweep of four policies on the seed-0 fine-tuned model."""
     glue = out.results / "glue"
     path = glue / "tradeoff.json"
-    if not require(out, "trade-off figure (tradeoff)", path):
+    sweep_path = out.results / "ablations" / "inference_sweep.json"
+    if not path.exists() and not sweep_path.exists():
+        require(out, "trade-off figure (tradeoff)", path)
         return
-    rows = load_json(path).get("rows", [])
-    if not rows:
-        out.skip("trade-off figure (tradeoff)", "glue/tradeoff.json has no rows")
+    rows = load_json(path).get("rows", []) if path.exists() else []
+    sweep = load_json(sweep_path).get("rows", []) if sweep_path.exists() else []
+    if not rows and not sweep:
+        out.skip("trade-off figure (tradeoff)", "glue/tradeoff.json and ablations/inference_sweep.json have no rows")
         return
-    sources = [path]
+    sources = [p for p in (path, sweep_path) if p.exists()]
     summary = load_json(glue / "summary.json") if (glue / "summary.json").exists() else {}
     if summary:
         sources.append(glue / "summary.json")
@@ -231,22 +240,32 @@ def tradeoff(out: Output) -> None:
         (_block_sizes(summary, task_tasks(summary)) if summary else "?")
     max_len = _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in trade_runs]) \
         if trade_runs else max_length(glue)
-    tasks = sorted({r["task"] for r in rows}, key=task_key)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    tasks = sorted({r["task"] for r in rows} | {r["task"] for r in sweep}, key=task_key)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         pts = sorted((r for r in rows if r["task"] == t), key=lambda r: (r["policy"], r["target_sparsity"], r["seed"]))
         for policy in sorted({r["policy"] for r in pts}):
             sel = sorted((r for r in pts if r["policy"] == policy), key=lambda r: r["sparsity_mean"])
-            xs = [100 * r["sparsity_mean"] for r in sel]
-            ys = [100 * r["score"] for r in sel]
-            ax.plot(xs, ys, marker="o", color=VARIANT_COLOR["dendritic"] if policy == "learned" else None,
-                    label=f"{policy} policy (targets {', '.join(format(r['target_sparsity'], 'g') for r in sel)})")
+            ax.plot([100 * r["sparsity_mean"] for r in sel], [100 * r["score"] for r in sel], marker="o",
+                    color=VARIANT_COLOR["dendritic"] if policy == "learned" else None,
+                    label=f"trained, {policy} (targets {', '.join(format(r['target_sparsity'], 'g') for r in sel)})")
         for variant, (label, marker) in ABLATION_POINTS.items():
             rec = ablations.get(variant, {}).get(t)
             if rec and is_num(rec.get("score")) and is_num(rec.get("sparsity")):
                 ax.errorbar([100 * rec["sparsity"]], [100 * rec["score"]],
                             yerr=[100 * rec["score_std"]] if is_num(rec.get("score_std")) else None,
-                            marker=marker, linestyle="none", capsize=2, label=label)
+                            color=SWEEP_STYLE[variant][1], marker=marker, linestyle="none", capsize=2,
+                            label=f"trained, {label} (ablation)")
+        swept = [r for r in sweep if r["task"] == t]
+        for policy, (label, color) in SWEEP_STYLE.items():
+            sel = sorted((r for r in swept if r["policy"] == policy), key=lambda r: r["sparsity_mean"])
+            if sel:
+                ax.plot([100 * r["sparsity_mean"] for r in sel], [100 * r["score"] for r in sel], linestyle="--",
+                        marker=".", linewidth=1, color=color, alpha=0.8, label=f"inference only, {label}")
+        full_attn = [r for r in swept if r["policy"] == "none"]
+        if full_attn:
+            ax.plot([0.0], [100 * full_attn[0]["score"]], marker="*", markersize=9, linestyle="none", color="black",
+                    label="inference only, same weights, full attention")
         dense = summary.get(t, {}).get("dense_mean") if summary else None
         dense_src = "GLUE summary"
         if not is_num(dense):
@@ -254,23 +273,27 @@ def tradeoff(out: Output) -> None:
             dense_src = "ablation reference"
         if is_num(dense):
             ax.axhline(100 * dense, color=VARIANT_COLOR["dense"], linestyle="--", linewidth=1,
-                       label=f"dense ({dense_src}) {100 * dense:.1f}")
-        metric = pts[0]["metric"]
-        ax.set_title(f"{task_label(t)}: block size {block}, max length {max_len}")
+                       label=f"dense fine-tuned ({dense_src}) {100 * dense:.1f}")
+        metric = (pts or swept)[0]["metric"]
+        ax.set_title(f"{task_label(t)}: block size {block}, max length {max_len}", fontsize=9)
         ax.set_xlabel("achieved block sparsity on dev % (mean over inputs)")
         ax.set_ylabel(f"dev {METRIC_LABEL.get(metric, metric)} × 100")
-        ax.legend(fontsize=6, loc="lower left")
-    fig.suptitle("Accuracy–sparsity trade-off (baseline: dense fine-tuned model, dashed)")
+        ax.legend(fontsize=5, loc="lower left")
+    fig.suptitle("Accuracy–sparsity trade-off: trained points (solid, markers) and inference-only sweeps on the "
+                 "seed-0 fine-tuned model (dashed)", fontsize=9)
     fig.tight_layout()
     out.figure(fig, "tradeoff", sources,
-               "accuracy vs achieved block sparsity per task; ablation baselines as points; dense as a line")
+               "accuracy vs achieved block sparsity per task: trained trade-off runs, ablation variants, "
+               "inference-only policy sweeps, dense as a line")
 
 
 # -- per-input sparsity --------------------------------------------------------------------------------------------
-def reachable_sparsity(length: np.ndarray, block: int) -> np.ndarray:
-    """The safety floor (diagonal + [CLS] blocks) keeps 2·nb − 1 of nb² blocks: 1 − (2·nb − 1)/nb²."""
+def reachable_sparsity(length: np.ndarray, block: int, dense_cls_row: bool = True) -> np.ndarray:
+    """The safety floor keeps the diagonal and the [CLS] key column (2·nb − 1 of nb² blocks), plus the [CLS] query
+    row when ``dense_cls_row`` (the presets' default): 3·nb − 2 blocks.  Reachable sparsity: 1 − floor/nb²."""
     nb = np.ceil(length / block)
-    return 1.0 - (2 * nb - 1) / nb**2
+    floor = 3 * nb - 2 if dense_cls_row else 2 * nb - 1
+    return 1.0 - np.minimum(floor, nb**2) / nb**2
 
 
 def sparsity_per_input(out: Output) -> None:
@@ -309,7 +332,7 @@ def sparsity_per_input(out: Output) -> None:
         if len(blocks) == 1:
             n = np.arange(1, int(df.loc[has_len, "length"].max()) + 1)
             ax2.plot(n, 100 * reachable_sparsity(n, blocks[0]), color="black", linewidth=1,
-                     label=f"reachable: 1 − (2nb−1)/nb², b={blocks[0]}")
+                     label=f"reachable: 1 − (3nb−2)/nb² (floor incl. dense [CLS] row), b={blocks[0]}")
         ax2.set_xlabel("input length (tokens, incl. [CLS]/[SEP])")
         ax2.set_ylabel("achieved block sparsity %")
         ax2.set_title("Sparsity vs length (ceiling from the safety floor)")
