@@ -63,8 +63,11 @@ def train(session: nox.Session) -> None:
 
 @nox.session(python=False, default=False)
 def reproduce_glue(session: nox.Session) -> None:
-    """Table 1 + PAI figure: dense vs DendriticBERT vs DSN on every GLUE task with data (resumable)."""
-    _python(session, "reproduce/run_glue.py")
+    """Table 1 + PAI figure + trade-off: dense vs DendriticBERT vs DSN on every GLUE task with data (resumable)."""
+    if session.posargs:  # e.g. `-- --tasks wnli --quick --output-dir DIR`
+        _python(session, "reproduce/run_glue.py")
+    else:
+        session.run(PY, "reproduce/run_glue.py", "--tradeoff", env=ENV)
     session.run(PY, "reproduce/make_figures.py", env=ENV)
 
 
@@ -84,8 +87,17 @@ def bench_memory(session: nox.Session) -> None:
 
 @nox.session(python=False, default=False)
 def ablations(session: nox.Session) -> None:
-    """Ablation grid at matched sparsity (full, random, static, training-free, no gating, ...)."""
+    """Ablation grid at matched sparsity (full, random, static, training-free, no gating, ...) + policy sweep."""
     _python(session, "reproduce/run_ablations.py")
+    if not session.posargs:  # the inference-only sweep reads the small preset's kept seed-0 models
+        session.run(PY, "reproduce/sweep_inference.py", env=ENV)
+    session.run(PY, "reproduce/make_figures.py", env=ENV)
+
+
+@nox.session(python=False, default=False)
+def diagnostics(session: nox.Session) -> None:
+    """Diagnostic runs, one question each (e.g. STS-B: is it the masks, the phase-2 weights or the budget?)."""
+    _python(session, "reproduce/run_diagnostics.py")
     session.run(PY, "reproduce/make_figures.py", env=ENV)
 
 

@@ -35,7 +35,7 @@ def summarise(results: Path, plan: dict) -> dict:
         files = sorted((results / spec["task"]).glob(f"{name}-seed*.json"))
         recs = [json.loads(f.read_text()) for f in files]
         out[name] = {"question": spec["question"], "task": spec["task"], "variant": spec["variant"],
-                     "init": spec["init"], "settings": spec.get("settings", {}),
+                     "init": spec["init"], "settings": spec.get("settings", {}), "reference": spec.get("reference", "glue"),
                      "runs": [{"seed": r["seed"], "score": r["score"], "metrics": r["metrics"],
                                "sparsity_mean": r.get("sparsity_mean"), "train_examples": r.get("train_examples"),
                                "wall_time_s": r.get("wall_time_s")} for r in recs]}

@@ -174,8 +174,12 @@ def build_fixtures(root: Path) -> None:
                               "runs": [{"seed": 0, "score": 0.61, "metrics": {"accuracy": 0.61}}]},
         "dendritic_3x_budget": {"question": "Is it the budget?", "task": "rte", "variant": "dendritic",
                                 "init": "phase2", "settings": {"epochs": 3.0, "train_samples": 0},
+                                "reference": "archive/rte-short",
                                 "runs": [{"seed": 0, "score": 0.63, "metrics": {}}, {"seed": 1, "score": 0.65}]},
         "provenance": {}})
+    for variant, scores in (("dense", (0.70, 0.74)), ("dendritic", (0.20,))):
+        for seed, score in enumerate(scores):
+            _write(root / "archive" / "rte-short" / f"{variant}-seed{seed}.json", {"score": score, "seed": seed})
 
     tokens = ["[CLS]", "the", "movie", "was", "not", "bad", "at", "all", ",", "really", "[SEP]"]
     nb = -(-len(tokens) // BLOCK)
@@ -261,6 +265,9 @@ def test_diagnostics_table_content(two_runs):
     assert "Is it the phase-2 weights?" in md and "epochs=3.0, train_samples=all" in md
     assert "64.0 ± 1.4" in md  # mean ± std of the two seeds 0.63, 0.65
     assert f"{100 * summary['rte']['dense_mean']:.1f} ± {100 * summary['rte']['dense_std']:.1f}" in md
+    # A diagnostic read against an archived folder gets that folder's runs as its reference.
+    row = next(line for line in md.splitlines() if line.startswith("| dendritic_3x_budget"))
+    assert "archive/rte-short" in row and "72.0 ± 2.8" in row and "| 20.0 |" in row
 
 
 def test_missing_inputs_skip_cleanly(tmp_path):

@@ -106,8 +106,27 @@ def table_diagnostics(out: Output) -> None:
     data = {k: v for k, v in load_json(path).items() if k != "provenance" and isinstance(v, dict)}
     glue_path = out.results / "glue" / "summary.json"
     glue = load_json(glue_path) if glue_path.exists() else {}
-    header = ["Run", "Task", "Model", "Starts from", "Changed settings", "Score × 100", "Seeds",
-              "Main table: dense", "Main table: DendriticBERT", "Question"]
+    sources = [path] + ([glue_path] if glue_path.exists() else [])
+
+    def reference(d: dict) -> tuple[str, dict]:
+        """(label, {dense_mean, dense_std, dendritic_mean, dendritic_std}) of the runs the diagnostic is read against:
+        the main table's, or the dense/dendritic run files of another results folder."""
+        where = d.get("reference", "glue")
+        if where == "glue":
+            return "Table 1", glue.get(d["task"], {})
+        folder = out.results / where
+        ref = {}
+        for variant in ("dense", "dendritic"):
+            files = sorted(folder.glob(f"{variant}-seed*.json"))
+            sources.extend(files)
+            scores = [load_json(f)["score"] for f in files]
+            if scores:
+                ref[f"{variant}_mean"] = float(np.mean(scores))
+                ref[f"{variant}_std"] = float(np.std(scores, ddof=1)) if len(scores) > 1 else None
+        return where, ref
+
+    header = ["Run", "Task", "Model", "Starts from", "Changed settings", "Score × 100", "Seeds", "Reference runs",
+              "Reference dense", "Reference DendriticBERT", "Question"]
     rows, csv_rows = [], []
     for name, d in data.items():
         scores = [r["score"] for r in d.get("runs", [])]
@@ -117,21 +136,22 @@ def table_diagnostics(out: Output) -> None:
         std = float(np.std(scores, ddof=1)) if len(scores) > 1 else None
         changed = ", ".join(f"{k}={'all' if k == 'train_samples' and v == 0 else v}"
                             for k, v in sorted(d.get("settings", {}).items())) or "–"
-        ref = glue.get(d["task"], {})
+        where, ref = reference(d)
         rows.append([name, task_label(d["task"]), d["variant"], d["init"], changed, pm(mean, std),
-                     str(len(scores)), pm(ref.get("dense_mean"), ref.get("dense_std")),
+                     str(len(scores)), where, pm(ref.get("dense_mean"), ref.get("dense_std")),
                      pm(ref.get("dendritic_mean"), ref.get("dendritic_std")), d["question"]])
-        csv_rows.append([name, d["task"], d["variant"], d["init"], changed, mean, std, len(scores),
+        csv_rows.append([name, d["task"], d["variant"], d["init"], changed, mean, std, len(scores), where,
                          ref.get("dense_mean"), ref.get("dendritic_mean")])
     if not rows:
         out.skip("diagnostics table (table_diagnostics)", "diagnostics/summary.json has no finished runs")
         return
-    caption = ["Diagnostic runs: one question each; same phase-3 settings as Table 1 unless listed.",
-               "Scores × 100 (mean ± std over seeds where more than one); references are Table 1's means."]
-    sources = [path] + ([glue_path] if glue_path.exists() else [])
+    caption = ["Diagnostic runs: one question each; phase-3 settings of Table 1's task unless listed.",
+               "Scores × 100 (mean ± std over seeds where more than one); reference = the dense and DendriticBERT "
+               "runs the diagnostic is read against (Table 1, or an archived results folder under "
+               "reproduce/results/)."]
     out.table("table_diagnostics", header, rows, caption, sources, "diagnostic runs beside the main table",
-              csv_header=["run", "task", "variant", "init", "changed", "score", "score_std", "seeds", "dense_mean",
-                          "dendritic_mean"], csv_rows=csv_rows)
+              csv_header=["run", "task", "variant", "init", "changed", "score", "score_std", "seeds", "reference",
+                          "dense_mean", "dendritic_mean"], csv_rows=csv_rows)
 
 
 FIGURES = [ablations, table_ablations, table_diagnostics]
