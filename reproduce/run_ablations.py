@@ -53,8 +53,9 @@ def variant_phase2(preset: str, runs: Path, variant: str, overrides: dict, quick
     return out
 
 
-def _collect(folder: Path, name: str) -> dict:
+def _collect(folder: Path, name: str, seeds: set[int] | None = None) -> dict:
     runs = [json.loads(f.read_text()) for f in sorted(folder.glob(f"{name}-seed*.json"))]
+    runs = [r for r in runs if seeds is None or r["seed"] in seeds]
     if not runs:
         return {}
     scores = [r["score"] for r in runs]
@@ -66,13 +67,19 @@ def _collect(folder: Path, name: str) -> dict:
 
 
 def summarise(results: Path, glue_results: Path, tasks: list[str], variants: list[str]) -> dict:
+    """Per variant and task: mean ± std over seeds.  ``dense`` and ``full`` (the main table's runs) are restricted
+    to the seeds every ablation variant of that task has finished, so all bars of a task average the same seeds."""
     summary: dict = {}
     for task in tasks:
-        for name, folder, stem in [("dense", glue_results / task, "dense"), ("full", glue_results / task, "dendritic")] + \
-                [(v, results / task, v) for v in variants]:
-            entry = _collect(folder, stem)
+        ablated = {v: _collect(results / task, v) for v in variants}
+        ablated = {v: e for v, e in ablated.items() if e}
+        common = set.intersection(*(set(e["seeds"]) for e in ablated.values())) if ablated else None
+        for name, stem in (("dense", "dense"), ("full", "dendritic")):
+            entry = _collect(glue_results / task, stem, common)
             if entry:
                 summary.setdefault(name, {})[task] = entry
+        for v, entry in ablated.items():
+            summary.setdefault(v, {})[task] = entry
     return summary
 
 
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--glue-results-dir", default=None, help="where the main table's runs are (full, dense)")
     parser.add_argument("--quick", action="store_true", help="tiny runs (minutes), seed 0")
+    parser.add_argument("--summary-only", action="store_true", help="rebuild summary.json from the result files; train nothing")
     args = parser.parse_args(argv)
 
     plan = tomllib.loads((CONFIG_DIR / args.preset / "ablations.toml").read_text())
@@ -100,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; the plan has {list(plan['variants'])}")
 
+    if args.summary_only:
+        summary = summarise(results, glue_results, tasks, variants)
+        atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
+        return 0
     quick3, quick2, pre = (QUICK_PHASE3, QUICK_PHASE2, QUICK_PRE) if args.quick else ({}, {}, {})
     main_phase2 = ensure_pretraining(args.preset, runs, pre,
                                      records=runs / "results" / "train" / args.preset if args.quick else None)

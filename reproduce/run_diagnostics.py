@@ -4,8 +4,8 @@
     python reproduce/run_diagnostics.py --preset small --runs dense_from_phase2
 
 A diagnostic is a phase-3 run of the main table's settings for its task with one thing changed — the starting
-checkpoint (``init``: phase1 or phase2) and/or a few ``settings`` (``train_samples = 0`` means the whole
-training split).  Results: ``reproduce/results/diagnostics/<task>/<name>-seed<k>.json`` (same schema and
+checkpoint (``init``: phase1 or phase2), the mask ``policy`` (learned, static, random, training_free) and/or a
+few ``settings`` (``train_samples = 0`` means the whole training split).  Results: ``reproduce/results/diagnostics/<task>/<name>-seed<k>.json`` (same schema and
 provenance as the GLUE runs) and ``summary.json`` with each question beside its scores.  Finished runs are
 skipped, as in the GLUE runner.
 """
@@ -35,6 +35,7 @@ def summarise(results: Path, plan: dict) -> dict:
         files = sorted((results / spec["task"]).glob(f"{name}-seed*.json"))
         recs = [json.loads(f.read_text()) for f in files]
         out[name] = {"question": spec["question"], "task": spec["task"], "variant": spec["variant"],
+                     "policy": spec.get("policy", "learned"),
                      "init": spec["init"], "settings": spec.get("settings", {}), "reference": spec.get("reference", "glue"),
                      "runs": [{"seed": r["seed"], "score": r["score"], "metrics": r["metrics"],
                                "sparsity_mean": r.get("sparsity_mean"), "train_examples": r.get("train_examples"),
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"diagnostic {name} ({task}, {spec['variant']} from {spec['init']}, seed {seed}): {spec['question']}",
                   flush=True)
             run_one(args.preset, runs / "diagnostics" / name, results, task, spec["variant"], seed, settings,
-                    tag=f"{name}-seed{seed}", phase2_dir=phase2, init_from=init)
+                    policy=spec.get("policy", "learned"), tag=f"{name}-seed{seed}", phase2_dir=phase2, init_from=init)
             atomic_write_json(results / "summary.json", {**summarise(results, plan), "provenance": provenance()})
     summary = summarise(results, plan)
     atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})

@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a few steps on tiny subsamples, seed 0 (minutes; exercises the same code)")
     parser.add_argument("--tradeoff", action="store_true", help="also the accuracy-sparsity trade-off runs")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="rebuild summary.json (and tradeoff.json) from the result files; train nothing")
     args = parser.parse_args(argv)
 
     plan = load_plan(args.preset)
@@ -224,16 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results_dir) if args.results_dir else (runs / "results" if args.quick else DEFAULT_RESULTS)
     results.mkdir(parents=True, exist_ok=True)
     check_results_folder(results)
-
+    # The summary always covers every task of the plan that has results (a run restricted with --tasks must not
+    # drop the others from summary.json), plus any task asked for outside the plan.
+    summary_tasks = [t.lower() for t in plan["tasks"]] + [t for t in tasks if t not in plan["tasks"]]
+    if args.summary_only:
+        atomic_write_json(results / "summary.json", {**summarise(results, summary_tasks), "provenance": provenance()})
+        if any(results.glob("*/tradeoff-*.json")):
+            atomic_write_json(results / "tradeoff.json", {**summarise_tradeoff(results), "provenance": provenance()})
+        return 0
     quick = QUICK_PHASE3 if args.quick else {}
     pre = QUICK_PRE if args.quick else {}
     print(f"GLUE plan ({args.preset}): tasks {tasks}; results -> {results}", flush=True)
     # Quick runs keep their training records beside their results, never in the committed tree.
     phase2 = ensure_pretraining(args.preset, runs, pre, records=results.parent / "train" / args.preset if args.quick else None)
 
-    # The summary always covers every task of the plan that has results (a run restricted with --tasks must not
-    # drop the others from summary.json), plus any task asked for outside the plan.
-    summary_tasks = [t.lower() for t in plan["tasks"]] + [t for t in tasks if t not in plan["tasks"]]
     seeds_all = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])
     variants = args.variants or plan["variants"]
     for seed in sorted(set(seeds_all)):

@@ -39,6 +39,13 @@ def test_quick_glue_and_ablations(tmp_path):
     other = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "mnli", "--output-dir", str(tmp_path))
     assert other.returncode == 0, other.stderr[-3000:]
     assert json.loads((tmp_path / "results" / "summary.json").read_text())["average"]["tasks"] == ["wnli"]
+    # --summary-only rebuilds the same summary from the files alone.
+    before = json.loads((tmp_path / "results" / "summary.json").read_text())
+    (tmp_path / "results" / "summary.json").unlink()
+    rebuilt = _run("run_glue.py", "--preset", "smoke", "--quick", "--summary-only", "--output-dir", str(tmp_path))
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    after = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert {k: v for k, v in after.items() if k != "provenance"} == {k: v for k, v in before.items() if k != "provenance"}
 
     abl = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path),
                "--variants", "static", "no_gating", "no_gumbel")
@@ -52,6 +59,7 @@ def test_quick_glue_and_ablations(tmp_path):
     assert shared["head_budgets"] == main_budgets["head_budgets"] and "shared_from" in shared
     assert "shared_from" not in own
     assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
+    assert ablations["full"]["wnli"]["seeds"] == ablations["static"]["wnli"]["seeds"] == [0]
     diag = _run("run_diagnostics.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path))
     assert diag.returncode == 0, diag.stderr[-3000:]
     diagnostics = json.loads((tmp_path / "results" / "diagnostics" / "summary.json").read_text())
