@@ -103,8 +103,8 @@ def diagnostics(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def figures(session: nox.Session) -> None:
-    """Every figure and table, regenerated from the committed result files only (deterministic)."""
-    _python(session, "reproduce/make_figures.py")
+    """Every figure and table, regenerated from the committed result files only (deterministic); Table 1 -> README."""
+    _python(session, "reproduce/make_figures.py", "--readme", "README.md")
 
 
 @nox.session(python=False, default=False)

@@ -5,7 +5,8 @@
 
 A figure whose result file does not exist yet is skipped with one printed line.  Running twice gives byte-identical
 tables (Markdown/CSV/LaTeX) and, with the same matplotlib/seaborn, identical PNG/PDF.  ``<out>/MANIFEST.md`` lists
-each file, the result files it came from, and this command.
+each file, the result files it came from, and this command.  ``--readme README.md`` also copies Table 1 into the
+README between its ``<!-- table1:start -->`` / ``<!-- table1:end -->`` markers (the ``figures`` nox session does).
 """
 
 from __future__ import annotations
@@ -30,11 +31,28 @@ def _shown(path: Path) -> str:
         return path.as_posix()
 
 
+START, END = "<!-- table1:start -->", "<!-- table1:end -->"
+
+
+def embed_table1(readme: Path, table: Path) -> bool:
+    """Replace the text between the README's Table-1 markers with ``table``; False when either is missing."""
+    if not readme.exists() or not table.exists():
+        return False
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(f"{head}{START}\n{table.read_text(encoding='utf-8').rstrip()}\n{END}{tail}", encoding="utf-8")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=str(REPO / "reproduce" / "results"), help="results folder")
     parser.add_argument("--out", default=str(REPO / "figures"), help="output folder")
     parser.add_argument("--only", nargs="*", default=None, help="builder names to run (default: all)")
+    parser.add_argument("--readme", default=None, help="also copy <out>/table1_glue.md into this README's markers")
     args = parser.parse_args(argv)
     results, out_dir = Path(args.results), Path(args.out)
     command = f"python reproduce/make_figures.py --results {shlex.quote(_shown(results))} --out {shlex.quote(_shown(out_dir))}"
@@ -46,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         build(out)
     manifest = out.manifest()
     print(f"{len(out.entries)} files, {len(out.skipped)} skipped; manifest {manifest}", flush=True)
+    if args.readme:
+        done = embed_table1(Path(args.readme), out_dir / "table1_glue.md")
+        print(f"Table 1 {'copied into' if done else 'NOT copied into (markers or table missing)'} {args.readme}", flush=True)
     return 0
 
 

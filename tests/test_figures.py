@@ -293,3 +293,20 @@ def test_empty_results_folder(tmp_path):
     assert "Traceback" not in log
     assert (tmp_path / "out" / "MANIFEST.md").exists()
     assert not any(p.suffix in (".png", ".pdf", ".csv", ".tex") for p in (tmp_path / "out").iterdir())
+
+
+def test_table1_is_copied_into_the_readme_markers(two_runs, tmp_path):
+    root, _ = two_runs
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nbefore\n<!-- table1:start -->\nold table\n<!-- table1:end -->\nafter\n")
+    proc = subprocess.run([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(tmp_path / "o"),
+                           "--only", "table1", "--readme", str(readme)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = readme.read_text()
+    table = (tmp_path / "o" / "table1_glue.md").read_text().rstrip()
+    assert "old table" not in text and f"<!-- table1:start -->\n{table}\n<!-- table1:end -->\nafter\n" in text
+    assert text.startswith("# title\n\nbefore\n")
+    first = text
+    subprocess.run([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(tmp_path / "o"),
+                    "--only", "table1", "--readme", str(readme)], check=True, capture_output=True, timeout=120)
+    assert readme.read_text() == first  # idempotent

@@ -115,7 +115,7 @@ def table1(out: Output) -> None:
     models = _setting_text([names.get(c.get("preset"), c.get("preset")) for c in cfgs.values()])
     max_len = _setting_text([c.get("max_length") for c in cfgs.values()])
     train_desc = "; ".join(
-        f"{task_label(t)} {('all' if cfgs[t].get('train_samples') is None else cfgs[t].get('train_samples')) if cfgs[t] else '?'}"
+        f"{task_label(t)} {(cfgs[t].get('train_samples') or 'all') if cfgs[t] else '?'}"
         f" train ex. × {cfgs[t].get('epochs', '?')} epochs" for t in tasks)
     seeds_desc = ", ".join(f"{task_label(t)} {len(summary[t].get('seeds') or [])}" for t in tasks)
     avg_desc = []
