@@ -310,3 +310,16 @@ def test_table1_is_copied_into_the_readme_markers(two_runs, tmp_path):
     subprocess.run([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(tmp_path / "o"),
                     "--only", "table1", "--readme", str(readme)], check=True, capture_output=True, timeout=120)
     assert readme.read_text() == first  # idempotent
+
+
+def test_committed_tables_match_the_committed_results(tmp_path):
+    """The tables in figures/ and Table 1 in the README are what `nox -s figures` makes from the committed result
+    files (figures are not compared: their bytes depend on the matplotlib build)."""
+    _make(REPO / "reproduce" / "results", tmp_path)
+    committed = sorted(p for p in (REPO / "figures").iterdir() if p.suffix in (".md", ".csv", ".tex") and p.name != "MANIFEST.md")
+    assert committed, "no committed tables"
+    stale = [p.name for p in committed if not (tmp_path / p.name).exists() or (tmp_path / p.name).read_bytes() != p.read_bytes()]
+    assert not stale, f"figures/ tables differ from what the committed results give: {stale} (run `nox -s figures`)"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    embedded = readme.split("<!-- table1:start -->\n", 1)[1].split("\n<!-- table1:end -->", 1)[0]
+    assert embedded == (tmp_path / "table1_glue.md").read_text(encoding="utf-8").rstrip()
