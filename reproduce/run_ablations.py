@@ -61,7 +61,10 @@ def _collect(folder: Path, name: str, seeds: set[int] | None = None) -> dict:
     scores = [r["score"] for r in runs]
     sp = [r["sparsity_mean"] for r in runs if r.get("sparsity_mean") is not None]
     pair = [r["pair_sparsity_mean"] for r in runs if r.get("pair_sparsity_mean") is not None]
-    return {"score": float(np.mean(scores)), "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+    metrics = {k: float(np.mean([r["metrics"][k] for r in runs])) for k in runs[0]["metrics"]
+               if all(k in r["metrics"] for r in runs)}
+    return {"score": float(np.mean(scores)), "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            "metrics": metrics,
             "sparsity": float(np.mean(sp)) if sp else 0.0, "pair_sparsity": float(np.mean(pair)) if pair else 0.0,
             "seeds": sorted(r["seed"] for r in runs), "metric": runs[0]["metric"]}
 

@@ -135,7 +135,7 @@ def _check_same_settings(path: Path, resolved: dict, settings: dict, target: flo
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     if not xs:
         return None, None
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else None  # no spread from one seed
 
 
 def summarise(results: Path, tasks: list[str]) -> dict:

@@ -80,14 +80,20 @@ def table_ablations(out: Output) -> None:
     if loaded is None:
         return
     data, variants, tasks = loaded
-    header = ["Variant"] + [f"{task_label(t)} score" for t in tasks] + [f"{task_label(t)} sparsity %" for t in tasks] \
-        + ["Seeds"]
+    # Tasks whose primary metric is not accuracy (MRPC: F1) also get their accuracy: near the all-positive
+    # predictor, F1 hides differences that accuracy shows.
+    acc_tasks = [t for t in tasks if any(data[v].get(t, {}).get("metric") not in (None, "accuracy") and
+                                         is_num(data[v].get(t, {}).get("metrics", {}).get("accuracy")) for v in data
+                                         if isinstance(data[v], dict))]
+    header = ["Variant"] + [f"{task_label(t)} score" for t in tasks] + [f"{task_label(t)} acc" for t in acc_tasks] \
+        + [f"{task_label(t)} sparsity %" for t in tasks] + ["Seeds"]
     rows, csv_rows = [], []
     for v in (["dense"] if "dense" in data else []) + variants:
         cells = [data[v].get(t, {}) for t in tasks]
         seeds = sorted({len(c.get("seeds") or []) if isinstance(c.get("seeds"), list) else c.get("seeds")
                         for c in cells if c and c.get("seeds") is not None})
         rows.append([LABEL.get(v, v)] + [pm(c.get("score"), c.get("score_std")) for c in cells]
+                    + [pm(data[v].get(t, {}).get("metrics", {}).get("accuracy"), None) for t in acc_tasks]
                     + [pct(c.get("sparsity")) for c in cells] + ["/".join(str(s) for s in seeds) or "–"])
         for t, c in zip(tasks, cells):
             csv_rows.append([v, t, c.get("score"), c.get("score_std"), c.get("sparsity"),
