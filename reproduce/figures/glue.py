@@ -205,12 +205,13 @@ def pai_glue(out: Output) -> None:
 
 
 # -- accuracy–sparsity trade-off -----------------------------------------------------------------------------------
-ABLATION_POINTS = {"training_free": ("training-free pooled-QK top-k", "s"), "static": ("static mask", "^"),
-                   "random": ("random mask", "X")}
+ABLATION_POINTS = {"full": ("full DendriticBERT", "D"), "training_free": ("training-free pooled-QK top-k", "s"),
+                   "static": ("static mask", "^"), "random": ("random mask", "X")}
 
 
 SWEEP_STYLE = {"learned": ("learned scorer", VARIANT_COLOR["dendritic"]), "training_free": ("training-free top-k", "C2"),
                "random": ("random", "C3"), "static": ("static window w=0..4", "C4")}
+POINT_COLOR = {"full": VARIANT_COLOR["dendritic"], "training_free": "C2", "random": "C3", "static": "C4"}
 
 
 def tradeoff(out: Output) -> None:
@@ -241,7 +242,7 @@ def tradeoff(out: Output) -> None:
     max_len = _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in trade_runs]) \
         if trade_runs else max_length(glue)
     tasks = sorted({r["task"] for r in rows} | {r["task"] for r in sweep}, key=task_key)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 5.6), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         pts = sorted((r for r in rows if r["task"] == t), key=lambda r: (r["policy"], r["target_sparsity"], r["seed"]))
         for policy in sorted({r["policy"] for r in pts}):
@@ -254,7 +255,7 @@ def tradeoff(out: Output) -> None:
             if rec and is_num(rec.get("score")) and is_num(rec.get("sparsity")):
                 ax.errorbar([100 * rec["sparsity"]], [100 * rec["score"]],
                             yerr=[100 * rec["score_std"]] if is_num(rec.get("score_std")) else None,
-                            color=SWEEP_STYLE[variant][1], marker=marker, linestyle="none", capsize=2,
+                            color=POINT_COLOR[variant], marker=marker, linestyle="none", capsize=2,
                             label=f"trained, {label} (ablation)")
         swept = [r for r in sweep if r["task"] == t]
         for policy, (label, color) in SWEEP_STYLE.items():
@@ -266,11 +267,13 @@ def tradeoff(out: Output) -> None:
         if full_attn:
             ax.plot([0.0], [100 * full_attn[0]["score"]], marker="*", markersize=9, linestyle="none", color="black",
                     label="inference only, same weights, full attention")
-        dense = summary.get(t, {}).get("dense_mean") if summary else None
-        dense_src = "GLUE summary"
+        # The dense reference on the same seeds as the points (the ablations' seeds, 0 for the trade-off runs);
+        # the main table's mean over all seeds only when there are no ablations for the task.
+        abl_dense = ablations.get("dense", {}).get(t, {})
+        dense, dense_src = abl_dense.get("score"), f"seeds {', '.join(str(x) for x in abl_dense.get('seeds') or [])}"
         if not is_num(dense):
-            dense = ablations.get("dense", {}).get(t, {}).get("score")
-            dense_src = "ablation reference"
+            dense = summary.get(t, {}).get("dense_mean") if summary else None
+            dense_src = "Table 1 mean"
         if is_num(dense):
             ax.axhline(100 * dense, color=VARIANT_COLOR["dense"], linestyle="--", linewidth=1,
                        label=f"dense fine-tuned ({dense_src}) {100 * dense:.1f}")
@@ -278,7 +281,7 @@ def tradeoff(out: Output) -> None:
         ax.set_title(f"{task_label(t)}: block size {block}, max length {max_len}", fontsize=9)
         ax.set_xlabel("achieved block sparsity on dev % (mean over inputs)")
         ax.set_ylabel(f"dev {METRIC_LABEL.get(metric, metric)} × 100")
-        ax.legend(fontsize=5, loc="lower left")
+        ax.legend(fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle("Accuracy–sparsity trade-off: trained points (solid, markers) and inference-only sweeps on the "
                  "seed-0 fine-tuned model (dashed)", fontsize=9)
     fig.tight_layout()
