@@ -267,10 +267,14 @@ def tradeoff(out: Output) -> None:
         if full_attn:
             ax.plot([0.0], [100 * full_attn[0]["score"]], marker="*", markersize=9, linestyle="none", color="black",
                     label="inference only, same weights, full attention")
-        # The dense reference on the same seeds as the points (the ablations' seeds, 0 for the trade-off runs);
-        # the main table's mean over all seeds only when there are no ablations for the task.
+        # The dense reference on the same seeds as the points: the ablations' seeds, else seed 0 (the trade-off
+        # runs' seed), else the main table's mean.
         abl_dense = ablations.get("dense", {}).get(t, {})
         dense, dense_src = abl_dense.get("score"), f"seeds {', '.join(str(x) for x in abl_dense.get('seeds') or [])}"
+        seed0 = glue / t / "dense-seed0.json"
+        if not is_num(dense) and seed0.exists():
+            dense, dense_src = load_json(seed0)["score"], "seed 0"
+            sources.append(seed0)
         if not is_num(dense):
             dense = summary.get(t, {}).get("dense_mean") if summary else None
             dense_src = "Table 1 mean"
