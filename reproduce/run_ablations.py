@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "reproduce"))
 
 from run_glue import DEFAULT_RESULTS as GLUE_RESULTS  # noqa: E402
-from run_glue import QUICK_PHASE2, QUICK_PHASE3, QUICK_PRE, ensure_pretraining, load_plan, run_one  # noqa: E402
+from run_glue import TRAINING_RECORDS, QUICK_PHASE2, QUICK_PHASE3, QUICK_PRE, ensure_pretraining, load_plan, run_one  # noqa: E402
 
 from dendritic.provenance import atomic_write_json, provenance  # noqa: E402
 from dendritic.training import load_phase_config, run_phase2  # noqa: E402
@@ -51,6 +51,19 @@ def variant_phase2(preset: str, runs: Path, variant: str, overrides: dict, quick
     cfg = load_phase_config(2, preset, {**quick, **overrides, "output_dir": str(out), "init_from": str(runs / "phase1")})
     run_phase2(cfg)
     return out
+
+
+def export_variant_records(runs: Path, results: Path) -> None:
+    """Copy each finished variant phase 2's small records (log, config, budgets, done.json — no weights) to
+    ``<results>/train/<variant>/phase2/``, beside the results they produced."""
+    import shutil
+
+    for done in sorted((runs / "ablations").glob("*/phase2/done.json")):
+        dest = results / "train" / done.parent.parent.name / "phase2"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in TRAINING_RECORDS:
+            if (done.parent / name).exists():
+                shutil.copyfile(done.parent / name, dest / name)
 
 
 def _collect(folder: Path, name: str, seeds: set[int] | None = None) -> dict:
@@ -112,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown variants {sorted(unknown)}; the plan has {list(plan['variants'])}")
 
     if args.summary_only:
+        export_variant_records(runs, results)
         summary = summarise(results, glue_results, tasks, variants)
         atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
         return 0
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         tag=f"{variant}-seed{seed}", phase2_dir=phase2_dir)
                 atomic_write_json(results / "summary.json",
                                   {**summarise(results, glue_results, tasks, variants), "provenance": provenance()})
+    export_variant_records(runs, results)
     summary = summarise(results, glue_results, tasks, variants)
     atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
     for variant, per_task in summary.items():

@@ -69,7 +69,7 @@ def ensure_pretraining(preset: str, runs: Path, overrides: dict[int, dict], reco
 
 
 TRAIN_RESULTS = REPO / "reproduce" / "results" / "train"
-_RECORDS = ("done.json", "log.jsonl", "resolved_config.json", "budgets.json", "config.json")
+TRAINING_RECORDS = ("done.json", "log.jsonl", "resolved_config.json", "budgets.json", "config.json")
 
 
 def export_training_records(runs: Path, dest: Path) -> None:
@@ -77,7 +77,7 @@ def export_training_records(runs: Path, dest: Path) -> None:
     import shutil
 
     for phase in ("phase1", "phase2"):
-        for name in _RECORDS:
+        for name in TRAINING_RECORDS:
             src = runs / phase / name
             if src.exists():
                 (dest / phase).mkdir(parents=True, exist_ok=True)
