@@ -195,13 +195,16 @@ def summarise(results: Path, tasks: list[str]) -> dict:
     return summary
 
 
-def summarise_tradeoff(results: Path) -> dict:
+def summarise_tradeoff(results: Path, tasks: list[str] = ()) -> dict:
+    """Rows of the trade-off runs, plus — for each trade-off task — the main table's seed-0 DendriticBERT run as
+    the point at the main target (the same fine-tuning; ``source`` says which file a row comes from)."""
+    files = sorted(results.glob("*/tradeoff-*.json")) + [f for t in tasks if (f := results / t / "dendritic-seed0.json").exists()]
     rows = []
-    for f in sorted(results.glob("*/tradeoff-*.json")):
+    for f in files:
         r = json.loads(f.read_text())
-        rows.append({k: r[k] for k in ("task", "policy", "target_sparsity", "score", "metric", "sparsity_mean",
-                                       "pair_sparsity_mean", "seed")})
-    return {"rows": rows}
+        rows.append({**{k: r[k] for k in ("task", "policy", "target_sparsity", "score", "metric", "sparsity_mean",
+                                          "pair_sparsity_mean", "seed")}, "source": f"{f.parent.name}/{f.name}"})
+    return {"rows": sorted(rows, key=lambda r: (r["task"], r["target_sparsity"]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_only:
         atomic_write_json(results / "summary.json", {**summarise(results, summary_tasks), "provenance": provenance()})
         if any(results.glob("*/tradeoff-*.json")):
-            atomic_write_json(results / "tradeoff.json", {**summarise_tradeoff(results), "provenance": provenance()})
+            atomic_write_json(results / "tradeoff.json", {**summarise_tradeoff(results, plan.get("tradeoff", {}).get(
+                "tasks", [])), "provenance": provenance()})
         return 0
     quick = QUICK_PHASE3 if args.quick else {}
     pre = QUICK_PRE if args.quick else {}
@@ -254,15 +258,19 @@ def main(argv: list[str] | None = None) -> int:
                         keep_model=(seed == 0 and variant == "dendritic"))
             atomic_write_json(results / "summary.json", {**summarise(results, summary_tasks), "provenance": provenance()})
 
+    trade = plan.get("tradeoff", {})
     if args.tradeoff:
-        trade = plan.get("tradeoff", {})
+        main_target = load_phase_config(3, args.preset, {}).target_sparsity
         for task in trade.get("tasks", []):
             settings = {k: v for k, v in plan.get("task", {}).get(task, {}).items() if k != "seeds"}
             settings.update(quick)
             for target in trade.get("targets", []):
+                if target == main_target:  # that point is the main table's seed-0 run: not trained twice
+                    continue
                 run_one(args.preset, runs, results, task, "dendritic", 0, settings, target=target,
                         tag=f"tradeoff-learned-{target}", phase2_dir=phase2)
-        atomic_write_json(results / "tradeoff.json", {**summarise_tradeoff(results), "provenance": provenance()})
+                atomic_write_json(results / "tradeoff.json",
+                                  {**summarise_tradeoff(results, trade.get("tasks", [])), "provenance": provenance()})
 
     summary = summarise(results, summary_tasks)
     atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})

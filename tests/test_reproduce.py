@@ -35,6 +35,13 @@ def test_quick_glue_and_ablations(tmp_path):
     again = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "--output-dir", str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())["provenance"] == run["provenance"]
+    # The trade-off: one fine-tuning per target, except the main target, which is the main table's seed-0 run.
+    trade = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "--tradeoff", "--output-dir", str(tmp_path))
+    assert trade.returncode == 0, trade.stderr[-3000:]
+    rows = json.loads((tmp_path / "results" / "tradeoff.json").read_text())["rows"]
+    assert [(r["target_sparsity"], r["source"]) for r in rows] == [
+        (0.3, "wnli/tradeoff-learned-0.3.json"), (0.5, "wnli/dendritic-seed0.json"), (0.7, "wnli/tradeoff-learned-0.7.json")]
+    assert not (tmp_path / "results" / "wnli" / "tradeoff-learned-0.5.json").exists()
     # A run restricted to other tasks keeps the finished ones in summary.json (it once rewrote it without them).
     other = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "mnli", "--output-dir", str(tmp_path))
     assert other.returncode == 0, other.stderr[-3000:]
