@@ -25,8 +25,10 @@ MEMORY_FIELDS = {
 
 
 def run_script(name: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / name), "--quick", "--threads", "1", "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=240, check=False)
+    # A correctness test, not a timing: no wall-clock budget may skip configurations on a slow or loaded machine.
+    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / name), "--quick", "--threads", "1",
+                           "--time-budget-s", "100000", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data) >= {"rows", "provenance", "skipped"}
@@ -81,6 +83,12 @@ def sdpa_row(rows, r):
 def test_latency_amdahl_consistent(latency):
     model_rows = [r for r in latency["rows"] if r["level"] == "model"]
     assert model_rows
+    if any("attention_share_invalid" in r for r in model_rows):
+        # The share is a timing; on a loaded machine it can come out impossible, and then no bound is derived.
+        for r in (r for r in model_rows if "attention_share_invalid" in r):
+            assert not 0.0 < r["attention_share_invalid"] < 1.0
+            assert r["attention_share"] is None and r["amdahl_bound"] is None and r["amdahl_fraction"] is None
+        return
     for r in model_rows:
         share = r["attention_share"]
         assert 0.0 < share < 1.0
