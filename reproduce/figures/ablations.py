@@ -56,17 +56,23 @@ def ablations(out: Output) -> None:
               for v in variants]
         es = [100 * data[v].get(t, {}).get("score_std") if is_num(data[v].get(t, {}).get("score_std")) else 0.0
               for v in variants]
-        ax.bar(x, ys, yerr=es, capsize=2, color=[colors[v] for v in variants], error_kw={"elinewidth": 0.8})
+        # Points, not bars: the differences are a few points, and a bar's length would start at an arbitrary 0.
+        for xi, v in zip(x, variants):
+            ax.errorbar([xi], [ys[xi]], yerr=[es[xi]] if es[xi] else None, marker="o", markersize=6, capsize=3,
+                        color=colors[v], linestyle="none")
         for xi, v in zip(x, variants):
             sp = data[v].get(t, {}).get("sparsity")
             if is_num(sp) and is_num(ys[xi]):
-                ax.annotate(f"{100 * sp:.0f}%", (xi, ys[xi] + es[xi]), textcoords="offset points", xytext=(0, 2),
-                            ha="center", fontsize=5)
+                ax.annotate(f"{100 * sp:.0f}%", (xi, ys[xi] + es[xi]), textcoords="offset points", xytext=(0, 5),
+                            ha="center", fontsize=6)
         dense = data.get("dense", {}).get(t, {}).get("score")
         if is_num(dense):
             ax.axhline(100 * dense, color="black", linestyle="--", linewidth=1, label=f"dense {100 * dense:.1f}")
             ax.legend(fontsize=6, loc="lower right")
         ax.set_xticks(x, [LABEL.get(v, v) for v in variants], rotation=60, ha="right", fontsize=6)
+        shown = [y for y in ys if is_num(y) and not np.isnan(y)] + ([100 * dense] if is_num(dense) else [])
+        if shown:
+            ax.set_ylim(min(shown) - 2.0, max(shown) + 2.0)
         ax.set_ylabel("dev score × 100 (mean ± std over seeds)")
         ax.set_title(task_label(t))
     fig.suptitle(f"Ablations ({_block(out)}; labels: achieved block sparsity; "
