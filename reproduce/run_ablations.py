@@ -82,20 +82,29 @@ def _collect(folder: Path, name: str, seeds: set[int] | None = None) -> dict:
             "seeds": sorted(r["seed"] for r in runs), "metric": runs[0]["metric"]}
 
 
-def summarise(results: Path, glue_results: Path, tasks: list[str], variants: list[str]) -> dict:
-    """Per variant and task: mean ± std over seeds.  ``dense`` and ``full`` (the main table's runs) are restricted
-    to the seeds every ablation variant of that task has finished, so all bars of a task average the same seeds."""
+def summarise(results: Path, glue_results: Path, tasks: list[str], variants: list[str],
+              grid_tasks: list[str] | None = None) -> dict:
+    """Per variant and task: mean ± std over seeds.  Every entry of a task — the ablated variants, and ``dense``
+    and ``full`` (the main table's runs) — is restricted to the seeds all of them have finished, so all points of a
+    task average the same seeds.  ``grid_tasks`` (the plan's grid, as opposed to its ``wide`` extra tasks) is
+    recorded for the figures."""
     summary: dict = {}
     for task in tasks:
-        ablated = {v: _collect(results / task, v) for v in variants}
-        ablated = {v: e for v, e in ablated.items() if e}
-        common = set.intersection(*(set(e["seeds"]) for e in ablated.values())) if ablated else None
-        for name, stem in (("dense", "dense"), ("full", "dendritic")):
-            entry = _collect(glue_results / task, stem, common)
+        seeds = {v: set(_collect(results / task, v).get("seeds", [])) for v in variants}
+        seeds = {v: s for v, s in seeds.items() if s}
+        if not seeds:
+            continue  # no variant has run on this task yet
+        for stem in ("dense", "dendritic"):  # the main table's runs, where it has this task
+            if found := set(_collect(glue_results / task, stem).get("seeds", [])):
+                seeds[stem] = found
+        common = set.intersection(*seeds.values())
+        for name, folder, stem in (("dense", glue_results, "dense"), ("full", glue_results, "dendritic"),
+                                   *((v, results, v) for v in variants)):
+            entry = _collect(folder / task, stem, common)
             if entry:
                 summary.setdefault(name, {})[task] = entry
-        for v, entry in ablated.items():
-            summary.setdefault(v, {})[task] = entry
+    if grid_tasks is not None:
+        summary["grid_tasks"] = list(grid_tasks)
     return summary
 
 
@@ -117,30 +126,37 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.output_dir or f"runs/{args.preset}")
     results = Path(args.results_dir) if args.results_dir else (runs / "results" / "ablations" if args.quick else DEFAULT_RESULTS)
     glue_results = Path(args.glue_results_dir) if args.glue_results_dir else (runs / "results" if args.quick else GLUE_RESULTS)
+    wide = plan.get("wide", {})  # variant -> further tasks it also runs on (beyond the grid's)
     tasks = args.tasks or plan["tasks"]
+    # The summary always covers the whole plan (and any task asked for now), whatever subset this call runs.
+    summary_tasks = list(dict.fromkeys([*plan["tasks"], *(t for ts in wide.values() for t in ts), *tasks]))
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else plan["seeds"])
     variants = args.variants or list(plan["variants"])
     unknown = set(variants) - set(plan["variants"])
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; the plan has {list(plan['variants'])}")
+    all_variants = list(plan["variants"])
 
     if args.summary_only:
         export_variant_records(runs, results)
-        summary = summarise(results, glue_results, tasks, variants)
+        summary = summarise(results, glue_results, summary_tasks, all_variants, plan["tasks"])
         atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
         return 0
     quick3, quick2, pre = (QUICK_PHASE3, QUICK_PHASE2, QUICK_PRE) if args.quick else ({}, {}, {})
     main_phase2 = ensure_pretraining(args.preset, runs, pre,
                                      records=runs / "results" / "train" / args.preset if args.quick else None)
 
+    runs_to_do = [(task, v) for task in tasks for v in variants]
+    if args.tasks is None:
+        runs_to_do += [(task, v) for v in variants for task in wide.get(v, []) if task not in tasks]
     for seed in seeds:
-        for task in tasks:
+        for task in dict.fromkeys(t for t, _ in runs_to_do):
             task_plan = glue_plan.get("task", {}).get(task, {})
             if not args.quick and seed not in task_plan.get("seeds", [seed]):
                 continue  # same seeds as the main table (e.g. SST-2 runs seed 0 only)
             settings = {k: v for k, v in task_plan.items() if k != "seeds"}
             settings.update(quick3)
-            for variant in variants:
+            for variant in (v for t, v in runs_to_do if t == task):
                 spec = plan["variants"][variant]
                 phase3 = dict(spec.get("phase3", {}))
                 from_phase1 = phase3.pop("from_phase1", False)
@@ -157,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                         {**settings, **phase3, "model_overrides": model_overrides}, policy=policy,
                         tag=f"{variant}-seed{seed}", phase2_dir=phase2_dir)
                 atomic_write_json(results / "summary.json",
-                                  {**summarise(results, glue_results, tasks, variants), "provenance": provenance()})
+                                  {**summarise(results, glue_results, summary_tasks, all_variants, plan["tasks"]), "provenance": provenance()})
     export_variant_records(runs, results)
-    summary = summarise(results, glue_results, tasks, variants)
+    summary = summarise(results, glue_results, summary_tasks, all_variants, plan["tasks"])
     atomic_write_json(results / "summary.json", {**summary, "provenance": provenance()})
     for variant, per_task in summary.items():
-        print(variant, {t: round(v["score"], 4) for t, v in per_task.items()})
+        if isinstance(per_task, dict):
+            print(variant, {t: round(v["score"], 4) for t, v in per_task.items()})
     return 0
 
 

@@ -89,7 +89,7 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
             phase2_dir: Path | None = None, keep_model: bool = False, init_from: Path | None = None) -> dict | None:
     """One (task, variant, seed) fine-tuning, or its existing result.  The starting checkpoint is phase 2's for
     DendriticBERT and phase 1's for the dense and DSN baselines unless ``init_from`` says otherwise."""
-    from dendritic.data import get_task
+    from dendritic.data import get_task, load_glue
     from dendritic.training import run_phase3
 
     name = tag or f"{variant}-seed{seed}"
@@ -105,13 +105,14 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
     if target is not None:
         overrides["target_sparsity"] = target
     cfg = load_phase_config(3, preset, overrides)
-    try:
-        get_task(task)
-        started = time.time()
-        result = run_phase3(cfg, save_model=keep_model)
+    get_task(task)  # an unknown task name is an error, not a skip
+    try:  # only missing *data* means "skip this task"; any other missing file during training is an error
+        load_glue(task, cfg.data_dir, source=cfg.data_source)
     except FileNotFoundError as e:  # no data for this task here (offline MNLI/QQP/QNLI-train)
         print(f"skipping {task}: {str(e).splitlines()[0]}", flush=True)
         return None
+    started = time.time()
+    result = run_phase3(cfg, save_model=keep_model)
     import dataclasses
 
     record = {k: v for k, v in result.items() if k not in ("provenance",)}
@@ -132,6 +133,12 @@ def _check_same_settings(path: Path, resolved: dict, settings: dict, target: flo
 
 
 # -- the summary --------------------------------------------------------------------------------------------------
+def _mean_or_none(xs: list[float | None]) -> float | None:
+    """Mean of a list that may hold None (a retention against a dense score of exactly 0, e.g. CoLA's MCC of a
+    one-class model): None rather than a crash or a silently shorter mean."""
+    return float(np.mean(xs)) if xs and all(x is not None for x in xs) else None
+
+
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     if not xs:
         return None, None
@@ -191,7 +198,7 @@ def summarise(results: Path, tasks: list[str]) -> dict:
             summary[key] = {"dense": dense, "dendritic": den, "retention": den / dense if dense else None,
                             "sparsity_mean": float(np.mean([summary[t]["sparsity_mean"] for t in chosen])),
                             "tasks": chosen,
-                            "mean_task_retention": float(np.mean([summary[t]["retention"] for t in chosen]))}
+                            "mean_task_retention": _mean_or_none([summary[t]["retention"] for t in chosen])}
     return summary
 
 

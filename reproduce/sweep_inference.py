@@ -22,6 +22,7 @@ adapted to policy X do" (that is the ablation grid).  Rows go to ``<results>/inf
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -79,6 +80,12 @@ def sweep_task(model_dir: Path, task: str, *, max_length: int, batch_size: int, 
     return rows
 
 
+def merge_rows(previous: list[dict], new: list[dict], tasks: list[str]) -> list[dict]:
+    """The rows of the tasks swept now replace their old rows; every other task's rows are kept (a sweep of one
+    task must not drop the others)."""
+    return [r for r in previous if r["task"] not in tasks] + new
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
@@ -93,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     plan = tomllib.loads((CONFIG_DIR / args.preset / "ablations.toml").read_text())
     runs = Path(args.output_dir or f"runs/{args.preset}")
     results = Path(args.results_dir) if args.results_dir else DEFAULT_RESULTS
+    tasks = args.tasks or plan["tasks"]
+    out_file = results / "inference_sweep.json"
+    previous = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
     rows = []
-    for task in args.tasks or plan["tasks"]:
+    for task in tasks:
         model_dir = runs / "glue" / task / "dendritic-seed0"
         if not (model_dir / "model.safetensors").exists():
             raise SystemExit(f"no fine-tuned model in {model_dir}: run `python reproduce/run_glue.py --preset "
                              f"{args.preset} --tasks {task} --seeds 0` first (it keeps the seed-0 dendritic model)")
         rows += sweep_task(model_dir, task, max_length=args.max_length, batch_size=args.batch_size,
                            eval_samples=args.eval_samples)
-        atomic_write_json(results / "inference_sweep.json", {"rows": rows, "provenance": provenance()})
+        atomic_write_json(out_file, {"rows": merge_rows(previous, rows, tasks), "provenance": provenance()})
     for r in rows:
         knob = f"w={r['static_window']}" if r["policy"] == "static" else f"t={r['target_sparsity']}"
         print(f"{r['task']:5s} {r['policy']:13s} {knob:6s} {r['metric']} {r['score']:.4f} "

@@ -160,6 +160,10 @@ def build_fixtures(root: Path) -> None:
     abl["dense"] = {t: {"score": 0.66, "score_std": 0.01, "sparsity": 0.0, "seeds": SEEDS} for t in ("rte", "mrpc")}
     for i, v in enumerate(abl):  # MRPC's primary metric is F1; its accuracy gets a column of its own
         abl[v]["mrpc"].update(metric="f1", metrics={"f1": abl[v]["mrpc"]["score"], "accuracy": 0.5 + 0.01 * i})
+    # One variant also run on every task of the main table (the plan's `wide` table): WNLI has no other variant.
+    for v, score in (("dense", 0.5), ("full", 0.45), ("no_gumbel", 0.55)):
+        abl[v]["wnli"] = {"score": score, "score_std": 0.02, "sparsity": 0.0 if v == "dense" else 0.4, "seeds": SEEDS}
+    abl["grid_tasks"] = ["rte", "mrpc"]  # recorded by the runner: the wide variant's WNLI is not a grid column
     _write(root / "ablations" / "summary.json", abl)
     sweep = [{"task": "rte", "policy": "none", "target_sparsity": None, "static_window": None, "metric": "accuracy",
               "score": 0.66, "sparsity_mean": 0.0, "pair_sparsity_mean": 0.0}]
@@ -196,7 +200,8 @@ EXPECTED = [
     "tradeoff.pdf", "sparsity_per_input.png", "budget_heatmap.png", "phase2_training.png", "phase1_training.png",
     "latency_vs_n.png", "speedup_vs_sparsity.png", "policy_overhead.png", "table_latency.md", "table_latency.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
-    "table_ablations.md", "table_ablations.csv", "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png",
+    "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
+    "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png",
     "MANIFEST.md",
 ]
 
@@ -266,6 +271,20 @@ def test_ablation_table_content(two_runs):
     header = next(line for line in md.splitlines() if line.startswith("| Variant"))
     assert "| MRPC acc |" in header and "RTE acc" not in header  # accuracy only where the metric is not accuracy
     assert "| dense | 66.0 ± 1.0 | 66.0 ± 1.0 | 60.0 |" in md
+
+
+def test_wide_ablation_table(two_runs):
+    root, _ = two_runs
+    grid = (root / "a" / "table_ablations.md").read_text()
+    assert "WNLI" not in grid  # only one ablated variant ran there: not a grid column
+    md = (root / "a" / "table_ablations_wide.md").read_text()
+    assert "no Gumbel noise" in md and "random mask" not in md
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.splitlines()
+            if line.startswith("| ") and not line.startswith("| Task")}
+    assert rows["RTE"] == ["66.0 ± 1.0", "60.0 ± 2.0", "90.9", "50.0", "66.0 ± 2.0", "100.0", "50.0", "2"]
+    # averages as in Table 1: unweighted means of the task scores, retention = ratio of the averages
+    assert rows["Average (3)"][:6] == ["60.7", "55.0", "90.7", "46.7", "62.3", "102.7"]
+    assert rows["Average w/o WNLI (2)"][:3] == ["66.0", "60.0", "90.9"]
 
 
 def test_diagnostics_table_content(two_runs):

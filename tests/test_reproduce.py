@@ -67,6 +67,15 @@ def test_quick_glue_and_ablations(tmp_path):
     assert "shared_from" not in own
     assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
     assert ablations["full"]["wnli"]["seeds"] == ablations["static"]["wnli"]["seeds"] == [0]
+    # A variant of the plan's `wide` table also runs on its further tasks; the others do not.
+    assert ablations["no_gumbel"]["rte"]["seeds"] == [0]  # (no full/dense here: the quick GLUE run had WNLI only)
+    assert "rte" not in ablations["static"]
+    # A call for a subset (here: a summary for one task and variant) keeps the whole plan in summary.json.
+    again = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path), "--summary-only",
+                 "--tasks", "wnli", "--variants", "static")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rebuilt = json.loads((tmp_path / "results" / "ablations" / "summary.json").read_text())
+    assert {k: v for k, v in rebuilt.items() if k != "provenance"} == {k: v for k, v in ablations.items() if k != "provenance"}
     diag = _run("run_diagnostics.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path))
     assert diag.returncode == 0, diag.stderr[-3000:]
     diagnostics = json.loads((tmp_path / "results" / "diagnostics" / "summary.json").read_text())
@@ -77,3 +86,49 @@ def test_quick_glue_and_ablations(tmp_path):
 
     # Quick runs never write into the committed results tree.
     assert not (REPO / "reproduce" / "results" / "train" / "smoke").exists()
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "reproduce" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_summary_averages_the_same_seeds_everywhere(tmp_path):
+    """Every entry of a task (ablated variants, dense, full) averages the seeds all of them have: a variant run on
+    more seeds than the others must not be compared with fewer."""
+    abl = _load_script("run_ablations")
+    results, glue = tmp_path / "ablations", tmp_path / "glue"
+
+    def write(folder: Path, stem: str, seed: int, score: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}-seed{seed}.json").write_text(json.dumps(
+            {"seed": seed, "score": score, "metric": "f1", "metrics": {"f1": score}, "sparsity_mean": 0.5,
+             "pair_sparsity_mean": 0.4}))
+
+    for seed in (0, 1, 2):
+        write(results / "mrpc", "no_gumbel", seed, 0.7 + 0.1 * seed)  # seeds 0-2 ...
+        write(results / "stsb", "no_gumbel", seed, 0.5 + 0.1 * seed)
+        for task in ("mrpc", "stsb"):
+            write(glue / task, "dense", seed, 0.8 + 0.01 * seed)
+            write(glue / task, "dendritic", seed, 0.6 + 0.01 * seed)
+    write(results / "mrpc", "random", 0, 0.65)  # ... but random only seed 0
+    summary = abl.summarise(results, glue, ["mrpc", "stsb", "cola"], ["random", "no_gumbel"], ["mrpc"])
+    assert summary["grid_tasks"] == ["mrpc"]
+    for name in ("dense", "full", "random", "no_gumbel"):
+        assert summary[name]["mrpc"]["seeds"] == [0], name
+    assert summary["no_gumbel"]["mrpc"]["score"] == 0.7 and summary["no_gumbel"]["mrpc"]["score_std"] is None
+    assert summary["no_gumbel"]["stsb"]["seeds"] == summary["full"]["stsb"]["seeds"] == [0, 1, 2]
+    assert abs(summary["no_gumbel"]["stsb"]["score"] - 0.6) < 1e-9
+    assert "stsb" not in summary["random"] and "cola" not in summary["dense"]  # nothing ran there
+
+
+def test_inference_sweep_of_one_task_keeps_the_others():
+    sweep = _load_script("sweep_inference")
+    old = [{"task": "mrpc", "policy": "none", "score": 0.8}, {"task": "sst2", "policy": "none", "score": 0.1}]
+    new = [{"task": "sst2", "policy": "none", "score": 0.9}, {"task": "sst2", "policy": "random", "score": 0.7}]
+    merged = sweep.merge_rows(old, new, ["sst2"])
+    assert merged == [old[0], *new]  # SST-2's old row replaced, MRPC's kept

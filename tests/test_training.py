@@ -15,7 +15,7 @@ import torch
 
 from dendritic.budget import allocate_budgets, retarget_budgets
 from dendritic.training.config import load_phase_config
-from dendritic.training.trainer import sparsity_weight_at, temperature_at
+from dendritic.training.trainer import is_collapse, sparsity_weight_at, temperature_at
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -30,6 +30,21 @@ def test_schedules():
     assert sparsity_weight_at(0, 100, 10.0, 0.3) == 0.0  # ramped in, not switched on
     assert sparsity_weight_at(15, 100, 10.0, 0.3) == pytest.approx(5.0)
     assert sparsity_weight_at(80, 100, 10.0, 0.3) == 10.0
+
+
+def test_same_checkpoint_folder_spellings():
+    from dendritic.training.phases import _same_folder
+
+    assert _same_folder("runs/small/phase2", "/somewhere/else/runs/small/phase2")  # relative vs absolute
+    assert not _same_folder("runs/small/phase2", "runs/small/ablations/no_gumbel/phase2")  # another phase 2
+    assert not _same_folder("runs/small/phase1", "runs/small/phase2")
+
+
+def test_collapse_guard():
+    assert not is_collapse(0.49, 0.5, 0.15)
+    assert is_collapse(0.2, 0.5, 0.15)  # off target
+    assert is_collapse(0.0, 0.1, 0.15) and is_collapse(0.99, 0.9, 0.15)  # stuck all-kept / all-cut
+    assert not is_collapse(0.0, 0.0, 0.15)  # inputs too short to skip anything: nothing to cut is on target
 
 
 def test_budget_allocator_keeps_the_mean_and_protects_sensitive_heads():
@@ -97,6 +112,24 @@ def test_finished_phase_is_not_rerun(smoke_run):
     proc = _run(["phase1", "--preset", "smoke", "--output-dir", str(smoke_run / "phase1")])
     assert proc.returncode == 0 and "already complete" in proc.stdout
     assert (smoke_run / "phase1" / "done.json").read_text() == before
+
+
+def test_finished_phase_with_other_settings_is_refused(smoke_run):
+    """A changed config must not silently reuse (or resume) a run made with other settings."""
+    before = (smoke_run / "phase1" / "done.json").read_text()
+    proc = _run(["phase1", "--preset", "smoke", "--set", "learning_rate=0.123", "--output-dir", str(smoke_run / "phase1")])
+    assert proc.returncode != 0 and "other settings" in proc.stderr and "learning_rate" in proc.stderr
+    assert (smoke_run / "phase1" / "done.json").read_text() == before
+
+
+def test_dense_fine_tuning_logs_no_policy_schedules(smoke_run, tmp_path):
+    out = tmp_path / "dense"
+    proc = _run(["phase3", "--preset", "smoke", "--set", "variant=dense", "--set", "max_steps=4", "--set", "logging_steps=2",
+                 "--init-from", str(smoke_run / "phase1"), "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert train_lines and not any("temperature" in x or "sparsity_weight" in x for x in train_lines)
 
 
 def _final_eval_loss(folder: Path) -> float:

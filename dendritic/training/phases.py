@@ -12,6 +12,7 @@ resumes from its last checkpoint (``resume=True``, the default), losing at most 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -54,7 +55,34 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(model)
 
 
-def _is_done(output_dir: Path) -> dict | None:
+# Where things are, not what they are: a finished run moved with its repository is still the same run.
+_LOCATION_FIELDS = ("output_dir", "data_dir")
+
+
+def _same_folder(a, b) -> bool:
+    """Two spellings of one checkpoint folder: equal resolved paths, or the same last three components (a
+    relative path from the repository root vs an absolute one; ``runs/small/phase2`` is not
+    ``runs/small/ablations/no_gumbel/phase2``)."""
+    if a is None or b is None:
+        return a == b
+    pa, pb = Path(str(a)), Path(str(b))
+    return pa.resolve() == pb.resolve() or pa.parts[-3:] == pb.parts[-3:]
+
+
+def _is_done(output_dir: Path, cfg) -> dict | None:
+    """The finished run's ``done.json``, if there is one.  A folder holding a run (finished, or checkpoints to
+    resume) made with other settings than ``cfg``'s is refused: a changed config must not silently reuse or
+    continue an old run (use another output folder, or remove this one)."""
+    saved_path = output_dir / "resolved_config.json"
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as saved
+        differ = {k: (saved[k], v) for k, v in now.items() if k in saved and k not in _LOCATION_FIELDS and saved[k] != v}
+        if "init_from" in differ and _same_folder(*differ["init_from"]):
+            differ.pop("init_from")  # the same checkpoint folder, reached by another path
+        if differ:
+            raise RuntimeError(f"{output_dir} holds a run made with other settings ({differ}: (saved, now)); "
+                               "use another output folder or remove it to rerun")
     done = output_dir / "done.json"
     return json.loads(done.read_text()) if done.exists() else None
 
@@ -126,7 +154,7 @@ def _train(trainer, output_dir: Path, resume: bool) -> None:
 def run_phase1(cfg: Phase1Config, *, resume: bool = True) -> dict:
     """MLM warm-up: dense attention, policy initialised and frozen."""
     output_dir = Path(cfg.output_dir)
-    if done := _is_done(output_dir):
+    if done := _is_done(output_dir, cfg):
         print(f"phase 1 already complete in {output_dir}", flush=True)
         return done
     started = time.time()
@@ -172,7 +200,7 @@ def _fixed_mlm_batches(dataset, tokenizer, cfg, n_batches: int) -> list[dict]:
 def run_phase2(cfg: Phase2Config, *, resume: bool = True) -> dict:
     """Sparsity-aware MLM: budgets from head sensitivity, Gumbel masks annealed, λ ramped, policy lr + clipping."""
     output_dir = Path(cfg.output_dir)
-    if done := _is_done(output_dir):
+    if done := _is_done(output_dir, cfg):
         print(f"phase 2 already complete in {output_dir}", flush=True)
         return done
     started = time.time()
@@ -241,7 +269,7 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
     from ..metrics import compute_glue_metrics, compute_metrics_for_trainer, primary_metric
 
     output_dir = Path(cfg.output_dir)
-    if done := _is_done(output_dir):
+    if done := _is_done(output_dir, cfg):
         print(f"phase 3 ({cfg.task}, {cfg.variant}) already complete in {output_dir}", flush=True)
         return done
     started = time.time()

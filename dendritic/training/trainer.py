@@ -149,11 +149,19 @@ class DendriticTrainer(Trainer):
         is_eval = any(k.startswith("eval_") for k in logs)
         extra = self.pop_stats("eval_") if is_eval else {k: v for k, v in self.pop_stats().items() if not k.startswith("eval_")}
         logs = {**logs, **{k.replace("/", "_") if is_eval else k: round(v, 6) for k, v in extra.items()}}
-        if not is_eval:
+        model = getattr(self.model, "module", self.model)
+        if not is_eval and getattr(model.config, "dendritic", False):  # dense/DSN runs have no policy schedules
             logs["sparsity_weight"] = self.sparsity_weight
-            if hasattr(getattr(self.model, "module", self.model), "bert"):
-                logs["temperature"] = base_model(self.model).dendritic_layers()[0].temperature
+            logs["temperature"] = base_model(self.model).dendritic_layers()[0].temperature
         super().log(logs, start_time)
+
+
+def is_collapse(achieved: float, target: float, tolerance: float) -> bool:
+    """Achieved sparsity far from the (reachable) target, or stuck at all-kept / all-cut when the target is not.
+    A batch of inputs too short to skip anything has target 0: keeping everything is then on target."""
+    stuck_dense = achieved < 0.02 <= target
+    stuck_cut = achieved > 0.98 >= target
+    return stuck_dense or stuck_cut or abs(achieved - target) > tolerance
 
 
 class PolicyCallback(TrainerCallback):
@@ -191,7 +199,7 @@ class PolicyCallback(TrainerCallback):
             return
         achieved, target = logs["sparsity/mean"], logs["sparsity/target"]
         ramped = state.global_step >= self.ramp * max(state.max_steps, 1)
-        if ramped and (achieved < 0.02 or achieved > 0.98 or abs(achieved - target) > self.collapse_tolerance):
+        if ramped and is_collapse(achieved, target, self.collapse_tolerance):
             event = {"step": state.global_step, "achieved": achieved, "target": target}
             self.collapse_events.append(event)
             print(f"\n!!! sparsity policy off target (possible collapse): {json.dumps(event)}\n", flush=True)

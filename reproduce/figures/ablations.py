@@ -18,6 +18,15 @@ LABEL = {"full": "full DendriticBERT", "random": "random mask", "static": "stati
          "distill": "+ distillation"}
 
 
+def grid_tasks(data: dict) -> list[str]:
+    """The ablation grid's tasks (recorded by the runner; the plan's ``wide`` extra tasks are the wide table's).
+    Older summaries without the record: the tasks where at least two ablated variants ran."""
+    if isinstance(data.get("grid_tasks"), list):
+        return sorted(data["grid_tasks"], key=task_key)
+    ablated = [v for v, e in data.items() if v not in ("dense", "full") and isinstance(e, dict)]
+    return sorted({t for v in ablated for t in data[v] if sum(t in data[u] for u in ablated) >= 2}, key=task_key)
+
+
 def _load(out: Output, what: str):
     path = out.results / "ablations" / "summary.json"
     if not require(out, what, path):
@@ -25,9 +34,9 @@ def _load(out: Output, what: str):
     data = load_json(path)
     variants = [v for v in VARIANTS if v in data] + sorted(v for v in data if v not in VARIANTS and v not in
                                                             ("dense", "provenance") and isinstance(data[v], dict))
-    tasks = sorted({t for v in variants for t in data[v]}, key=task_key)
+    tasks = [t for t in grid_tasks(data) if any(t in data[v] for v in variants)]
     if not variants or not tasks:
-        out.skip(what, "ablations/summary.json has no variants")
+        out.skip(what, "ablations/summary.json has no variant on the grid's tasks")
         return None, path
     return (data, variants, tasks), path
 
@@ -166,4 +175,70 @@ def table_diagnostics(out: Output) -> None:
                           "dense_mean", "dendritic_mean"], csv_rows=csv_rows)
 
 
-FIGURES = [ablations, table_ablations, table_diagnostics]
+def _average(entries: list[dict]) -> float | None:
+    scores = [e.get("score") for e in entries]
+    return float(np.mean(scores)) if scores and all(is_num(x) for x in scores) else None
+
+
+def table_wide(out: Output) -> None:
+    """A variant run on every GLUE task of the main table (the ablation plan's ``wide`` table) against the full
+    method, per task and as the GLUE average formed as in Table 1 (unweighted mean of primary metrics; retention
+    = ratio of the averages), on the seeds both have."""
+    path = out.results / "ablations" / "summary.json"
+    glue_path = out.results / "glue" / "summary.json"
+    if not require(out, "wide ablation table (table_ablations_wide)", path, glue_path):
+        return
+    data = load_json(path)
+    glue_tasks = sorted((t for t, v in load_json(glue_path).items() if isinstance(v, dict) and "dense_mean" in v),
+                        key=task_key)
+    wide = [v for v in data if v not in ("dense", "full", "provenance") and isinstance(data[v], dict)
+            and glue_tasks and all(t in data[v] for t in glue_tasks)]
+    if not wide:
+        out.skip("wide ablation table (table_ablations_wide)", "no ablation variant has run on every GLUE task")
+        return
+    dense, full = data.get("dense", {}), data.get("full", {})
+    header = ["Task", "Dense", "Full DendriticBERT", "Retention %", "Sparsity %"]
+    for v in wide:
+        header += [LABEL.get(v, v), "Retention %", "Sparsity %"]
+    header += ["Seeds"]
+    rows, csv_rows = [], []
+
+    def cells(entries_dense, entries_by):  # -> score/retention/sparsity cells of full and each wide variant
+        d = _average(entries_dense)
+        out_cells = []
+        for entries in entries_by:
+            m = _average(entries)
+            sp = [e.get("sparsity") for e in entries]
+            out_cells += [m, m / d if (m is not None and d) else None,
+                          float(np.mean(sp)) if sp and all(is_num(x) for x in sp) else None]
+        return d, out_cells
+
+    for t in glue_tasks:
+        d, c = cells([dense.get(t, {})], [[full.get(t, {})], *[[data[v][t]] for v in wide]])
+        stds = [full.get(t, {}).get("score_std")] + [data[v][t].get("score_std") for v in wide]
+        row = [task_label(t), pm(d, dense.get(t, {}).get("score_std"))]
+        for i in range(len(wide) + 1):
+            row += [pm(c[3 * i], stds[i]), pct(c[3 * i + 1]), pct(c[3 * i + 2])]
+        seeds = sorted({len(e.get("seeds") or []) for e in [full.get(t, {}), *[data[v][t] for v in wide]]})
+        rows.append(row + ["/".join(map(str, seeds))])
+        csv_rows.append([t, d, *c, " ".join(str(x) for x in full.get(t, {}).get("seeds", []))])
+    n_task_rows = len(rows)
+    for name, chosen in (("Average", glue_tasks), ("Average w/o WNLI", [t for t in glue_tasks if t != "wnli"])):
+        d, c = cells([dense.get(t, {}) for t in chosen],
+                     [[full.get(t, {}) for t in chosen], *[[data[v][t] for t in chosen] for v in wide]])
+        row = [f"{name} ({len(chosen)})", pct(d)]
+        for i in range(len(wide) + 1):
+            row += [pct(c[3 * i]), pct(c[3 * i + 1]), pct(c[3 * i + 2])]
+        rows.append(row + ["–"])
+        csv_rows.append([name.lower().replace(" ", "_").replace("/", ""), d, *c, ""])
+    caption = [f"Variants run on every GLUE task of Table 1, against the full method: dev score × 100 (mean ± std "
+               f"over seeds), retention of the dense score and achieved block sparsity; {_block(out)}.",
+               "Dense and full = Table 1's runs on the seeds the variant ran; averages formed as in Table 1 "
+               "(unweighted mean of the primary metrics; retention = ratio of the averages)."]
+    csv_header = ["task", "dense"] + [f"{v}_{k}" for v in ["full", *wide] for k in ("score", "retention", "sparsity")] + ["seeds"]
+    out.table("table_ablations_wide", header, rows, caption, [path, glue_path],
+              "variants run on every GLUE task vs the full method, with the GLUE average", csv_header=csv_header,
+              csv_rows=csv_rows, rules_before=[n_task_rows])
+
+
+FIGURES = [ablations, table_ablations, table_wide, table_diagnostics]

@@ -242,6 +242,10 @@ def tradeoff(out: Output) -> None:
     max_len = _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in trade_runs]) \
         if trade_runs else max_length(glue)
     tasks = sorted({r["task"] for r in rows} | {r["task"] for r in sweep}, key=task_key)
+    # Ablation points (and their dense line) only where the grid ran: a wide variant's other tasks use other seeds
+    # than the trade-off runs' seed 0.
+    from .ablations import grid_tasks
+    on_grid = set(grid_tasks(ablations)) if ablations else set()
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 5.6), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         pts = sorted((r for r in rows if r["task"] == t), key=lambda r: (r["policy"], r["target_sparsity"], r["seed"]))
@@ -251,7 +255,7 @@ def tradeoff(out: Output) -> None:
                     color=VARIANT_COLOR["dendritic"] if policy == "learned" else None,
                     label=f"trained, {policy} (targets {', '.join(format(r['target_sparsity'], 'g') for r in sel)})")
         for variant, (label, marker) in ABLATION_POINTS.items():
-            rec = ablations.get(variant, {}).get(t)
+            rec = ablations.get(variant, {}).get(t) if t in on_grid else None
             if rec and is_num(rec.get("score")) and is_num(rec.get("sparsity")):
                 ax.errorbar([100 * rec["sparsity"]], [100 * rec["score"]],
                             yerr=[100 * rec["score_std"]] if is_num(rec.get("score_std")) else None,
@@ -269,7 +273,7 @@ def tradeoff(out: Output) -> None:
                     label="inference only, same weights, full attention")
         # The dense reference on the same seeds as the points: the ablations' seeds, else seed 0 (the trade-off
         # runs' seed), else the main table's mean.
-        abl_dense = ablations.get("dense", {}).get(t, {})
+        abl_dense = ablations.get("dense", {}).get(t, {}) if t in on_grid else {}
         dense, dense_src = abl_dense.get("score"), f"seeds {', '.join(str(x) for x in abl_dense.get('seeds') or [])}"
         seed0 = glue / t / "dense-seed0.json"
         if not is_num(dense) and seed0.exists():
