@@ -32,6 +32,20 @@ def test_schedules():
     assert sparsity_weight_at(80, 100, 10.0, 0.3) == 10.0
 
 
+def test_collapse_events_survive_a_resume(tmp_path):
+    """done.json lists the collapse events of the whole run, also when it was killed and resumed: the earlier
+    part's events come back from log.jsonl, each step once (the steps after the last checkpoint log twice)."""
+    from dendritic.training.trainer import _logged_collapse_events
+
+    log = tmp_path / "log.jsonl"
+    events = [{"step": 50, "achieved": 0.0, "target": 0.3}, {"step": 60, "achieved": 0.1, "target": 0.3}]
+    lines = [json.dumps({"step": 40, "loss": 1.0}), *(json.dumps({"collapse_warning": e}) for e in events),
+             json.dumps({"collapse_warning": {**events[1], "achieved": 0.11}}), '{"collapse_warn']  # rerun step, cut line
+    log.write_text("\n".join(lines) + "\n")
+    assert _logged_collapse_events(log) == [events[0], {**events[1], "achieved": 0.11}]
+    assert _logged_collapse_events(tmp_path / "missing.jsonl") == []
+
+
 def test_same_checkpoint_folder_spellings():
     from dendritic.training.phases import _same_folder
 

@@ -164,6 +164,20 @@ def is_collapse(achieved: float, target: float, tolerance: float) -> bool:
     return stuck_dense or stuck_cut or abs(achieved - target) > tolerance
 
 
+def _logged_collapse_events(log_path: Path | None) -> list[dict]:
+    if log_path is None or not Path(log_path).exists():
+        return []
+    events: dict[int, dict] = {}
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if "collapse_warning" in record:
+            events[record["collapse_warning"]["step"]] = record["collapse_warning"]
+    return [events[k] for k in sorted(events)]
+
+
 class PolicyCallback(TrainerCallback):
     """Temperature and λ schedules, policy-only gradient clipping, and the collapse guard."""
 
@@ -175,8 +189,10 @@ class PolicyCallback(TrainerCallback):
         self.weight, self.ramp = sparsity_weight, ramp_ratio
         self.policy_clip, self.base_clip = policy_max_grad_norm, base_max_grad_norm
         self.collapse_tolerance = collapse_tolerance
-        self.collapse_events: list[dict] = []
         self.log_path = log_path
+        # A resumed run starts with the events its earlier part logged (each step once: the part of a killed
+        # run after its last checkpoint is trained again and logs again).
+        self.collapse_events: list[dict] = _logged_collapse_events(log_path)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         total = max(state.max_steps, 1)
@@ -201,7 +217,7 @@ class PolicyCallback(TrainerCallback):
         ramped = state.global_step >= self.ramp * max(state.max_steps, 1)
         if ramped and is_collapse(achieved, target, self.collapse_tolerance):
             event = {"step": state.global_step, "achieved": achieved, "target": target}
-            self.collapse_events.append(event)
+            self.collapse_events = [e for e in self.collapse_events if e["step"] != event["step"]] + [event]
             print(f"\n!!! sparsity policy off target (possible collapse): {json.dumps(event)}\n", flush=True)
             if self.log_path is not None:
                 with open(self.log_path, "a") as f:
