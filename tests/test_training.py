@@ -103,9 +103,10 @@ def test_train_smoke_writes_checkpoints_and_logs(smoke_run):
         assert (folder / "model.safetensors").exists(), phase
         assert (folder / "done.json").exists()
         assert (folder / "resolved_config.json").exists()
-        # weights as safetensors only (training_args.bin / optimizer.pt are Trainer's own resume state)
+        # weights as safetensors only; the resume checkpoints are gone once the phase is done (the kill-and-resume
+        # test below checks they are written while it runs)
         assert not list(folder.glob("**/pytorch_model*"))
-        assert all((c / "model.safetensors").exists() for c in folder.glob("checkpoint-*"))
+        assert not list(folder.glob("checkpoint-*"))
     lines = [json.loads(x) for x in (smoke_run / "phase2" / "log.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if "sparsity/mean" in x]
     assert train_lines and all("temperature" in x and "sparsity_weight" in x for x in train_lines)

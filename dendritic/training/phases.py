@@ -3,7 +3,7 @@
     <output_dir>/model.safetensors + config.json + tokenizer   the trained model (phase 3: for figures only)
     <output_dir>/resolved_config.json                          the exact settings
     <output_dir>/log.jsonl                                     one JSON line per logging step
-    <output_dir>/checkpoint-*/                                 Trainer checkpoints (resume after a kill)
+    <output_dir>/checkpoint-*/                                 Trainer checkpoints (resume after a kill; removed once done)
     <output_dir>/done.json                                     written last: wall time, final metrics
 
 A phase whose ``done.json`` exists is complete and is not rerun; one with checkpoints but no ``done.json``
@@ -124,7 +124,17 @@ def _finish(trainer, tokenizer, output_dir: Path, started: float, extra: dict) -
             "provenance": provenance()}
     if trainer.is_world_process_zero():
         atomic_write_json(output_dir / "done.json", done)
+        drop_checkpoints(output_dir)
     return done
+
+
+def drop_checkpoints(output_dir: Path) -> None:
+    """Remove the Trainer checkpoints of a finished run: they exist only to resume a killed one, and the ~100 runs
+    of the small plan would otherwise keep ~35 GB of them (the final weights stay in ``output_dir``)."""
+    import shutil
+
+    for folder in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
@@ -335,6 +345,7 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
     done = {"wall_time_s": round(time.time() - started, 1), "global_step": trainer.state.global_step, **result,
             "provenance": provenance()}
     atomic_write_json(output_dir / "done.json", done)
+    drop_checkpoints(output_dir)
     return done
 
 
