@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dendritic.kernels import (
@@ -21,7 +21,10 @@ from dendritic.masks import block_mask_to_dense, dense_to_block_mask, random_blo
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Absolute slack on top of 2x PyTorch's own error: a few ulps at |out| ~ 1 (output rounding for fp16/bf16).
-ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# fp32: the kernel's online softmax rescales its running sum once per kept key block, so over ~10 blocks with
+# logits up to ~20 it legitimately drifts ~20 ulp from a one-shot softmax (7.7e-6 on outputs of 2.8 in the
+# example pinned below, where torch's own fp32 error is 2.1e-6); a wrong or missing block errs by > 1e-2.
+ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 # Paths to run for a dtype: the AVX-512 path only exists for fp32, and only on CPUs that have it.
 ISAS = ["portable"] + (["avx512"] if cpu.cpu_isa(torch.float32) == "avx512" else [])
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
@@ -150,6 +153,8 @@ def test_cpu_fp32_small(case, isa):
 
 @settings(max_examples=40, **SETTINGS)
 @given(case=large_cases(), isa=st.sampled_from(ISAS))
+@example(case={"seed": 341, "B": 1, "H": 1, "n": 341, "d": 32, "block_size": 32, "mask_kind": "random",
+               "padding": None}, isa="portable")  # found by CI: fp32 online-softmax drift (see ATOL)
 def test_cpu_fp32_large(case, isa):
     q, k, v, nblk, idx, kpm = make_case(**case, dtype=torch.float32)
     out = run_cpu(q, k, v, nblk, idx, case["block_size"], kpm, isa)
