@@ -79,9 +79,10 @@ def ablations(out: Output) -> None:
             ax.axhline(100 * dense, color="black", linestyle="--", linewidth=1, label=f"dense {100 * dense:.1f}")
             ax.legend(fontsize=6, loc="lower right")
         ax.set_xticks(x, [LABEL.get(v, v) for v in variants], rotation=60, ha="right", fontsize=6)
-        shown = [y for y in ys if is_num(y) and not np.isnan(y)] + ([100 * dense] if is_num(dense) else [])
+        shown = [y + sign * e for y, e in zip(ys, es) if is_num(y) and not np.isnan(y) for sign in (-1, 1)] \
+            + ([100 * dense] if is_num(dense) else [])  # whole error bars in view
         if shown:
-            ax.set_ylim(min(shown) - 2.0, max(shown) + 2.0)
+            ax.set_ylim(min(shown) - 1.0, max(shown) + 1.5)
         ax.set_ylabel("dev score × 100 (mean ± std over seeds)")
         ax.set_title(task_label(t))
     fig.suptitle(f"Ablations ({_block(out)}; labels: achieved block sparsity; "
