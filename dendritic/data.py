@@ -60,6 +60,7 @@ __all__ = [
     "GlueTask",
     "default_data_dir",
     "get_task",
+    "GlueDataMissing",
     "load_glue",
     "load_mlm_text",
     "mlm_blocks",
@@ -94,6 +95,11 @@ HUB_FEATURES: dict[str, Features] = {
     "rte": _feats(["sentence1", "sentence2"], ClassLabel(names=["entailment", "not_entailment"])),
     "wnli": _feats(["sentence1", "sentence2"], ClassLabel(names=["not_entailment", "entailment"])),
 }
+
+
+class GlueDataMissing(FileNotFoundError):
+    """A GLUE split that is not available from the chosen source (offline: MNLI, QQP, QNLI train) — a task to
+    skip, as opposed to a broken setup (no data directory at all), which stays a plain FileNotFoundError."""
 
 
 @dataclass(frozen=True)
@@ -313,7 +319,7 @@ def load_glue(
     for s in splits:
         path = folder / spec.local_files[s]
         if not path.is_file():
-            raise FileNotFoundError(
+            raise GlueDataMissing(
                 f"{path} is missing: GLUE {spec.name} {s} is not available offline "
                 f"(the offline data has no MNLI, no QQP and no QNLI train split; see {root / 'README.md'}). "
                 f"With internet, load it from the hub: load_glue({spec.name!r}, source='hub'), i.e. "

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "reproduce"))
 
 from run_glue import DEFAULT_RESULTS as GLUE_RESULTS  # noqa: E402
-from run_glue import TRAINING_RECORDS, QUICK_PHASE2, QUICK_PHASE3, QUICK_PRE, ensure_pretraining, load_plan, run_one  # noqa: E402
+from run_glue import QUICK_PHASE2, QUICK_PHASE3, QUICK_PRE, copy_records, ensure_pretraining, load_plan, run_one  # noqa: E402
 
 from dendritic.provenance import atomic_write_json, provenance  # noqa: E402
 from dendritic.training import load_phase_config, run_phase2  # noqa: E402
@@ -56,14 +56,8 @@ def variant_phase2(preset: str, runs: Path, variant: str, overrides: dict, quick
 def export_variant_records(runs: Path, results: Path) -> None:
     """Copy each finished variant phase 2's small records (log, config, budgets, done.json — no weights) to
     ``<results>/train/<variant>/phase2/``, beside the results they produced."""
-    import shutil
-
     for done in sorted((runs / "ablations").glob("*/phase2/done.json")):
-        dest = results / "train" / done.parent.parent.name / "phase2"
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in TRAINING_RECORDS:
-            if (done.parent / name).exists():
-                shutil.copyfile(done.parent / name, dest / name)
+        copy_records(done.parent, results / "train" / done.parent.parent.name / "phase2")
 
 
 def _collect(folder: Path, name: str, seeds: set[int] | None = None) -> dict:

@@ -74,14 +74,18 @@ TRAINING_RECORDS = ("done.json", "log.jsonl", "resolved_config.json", "budgets.j
 
 def export_training_records(runs: Path, dest: Path) -> None:
     """Copy the small, committable records of phases 1-2 (logs, configs, budgets — no weights) next to the results."""
+    for phase in ("phase1", "phase2"):
+        copy_records(runs / phase, dest / phase)
+
+
+def copy_records(src: Path, dest: Path) -> None:
+    """Copy a training folder's small records (``TRAINING_RECORDS``: no weights) that exist to ``dest``."""
     import shutil
 
-    for phase in ("phase1", "phase2"):
-        for name in TRAINING_RECORDS:
-            src = runs / phase / name
-            if src.exists():
-                (dest / phase).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest / phase / name)
+    for name in TRAINING_RECORDS:
+        if (src / name).exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dest / name)
 
 
 def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, seed: int, settings: dict,
@@ -89,7 +93,7 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
             phase2_dir: Path | None = None, keep_model: bool = False, init_from: Path | None = None) -> dict | None:
     """One (task, variant, seed) fine-tuning, or its existing result.  The starting checkpoint is phase 2's for
     DendriticBERT and phase 1's for the dense and DSN baselines unless ``init_from`` says otherwise."""
-    from dendritic.data import get_task, load_glue
+    from dendritic.data import GlueDataMissing, get_task
     from dendritic.training import run_phase3
 
     name = tag or f"{variant}-seed{seed}"
@@ -106,13 +110,12 @@ def run_one(preset: str, runs: Path, results: Path, task: str, variant: str, see
         overrides["target_sparsity"] = target
     cfg = load_phase_config(3, preset, overrides)
     get_task(task)  # an unknown task name is an error, not a skip
-    try:  # only missing *data* means "skip this task"; any other missing file during training is an error
-        load_glue(task, cfg.data_dir, source=cfg.data_source)
-    except FileNotFoundError as e:  # no data for this task here (offline MNLI/QQP/QNLI-train)
+    started = time.time()
+    try:  # only a missing GLUE split means "skip this task"; any other missing file is an error
+        result = run_phase3(cfg, save_model=keep_model)
+    except GlueDataMissing as e:  # no data for this task here (offline MNLI/QQP/QNLI-train)
         print(f"skipping {task}: {str(e).splitlines()[0]}", flush=True)
         return None
-    started = time.time()
-    result = run_phase3(cfg, save_model=keep_model)
     import dataclasses
 
     record = {k: v for k, v in result.items() if k not in ("provenance",)}
