@@ -2,7 +2,7 @@
 
 Run: ``pytest benchmarks/bench_kernels.py --benchmark-only`` (add ``-k "cpu and 2048"`` etc. to narrow it).
 By default a quick subset runs (n 512/2048, block 64: a few minutes); ``DENDRITIC_BENCH_FULL=1`` runs the whole grid
-(n 512–4096, blocks 32/64/128).  The efficiency table of record is ``reproduce/bench_kernels.py`` (interleaved).
+(n 512–4096, blocks 32/64/128).  The efficiency table of record is ``python -m reproduce.bench.kernels`` (interleaved).
 Results are grouped per shape (``n=…, d=…, B=…``) so the dense SDPA row sits beside every sparse row of that shape.
 Each case checks its output against the reference once before timing; ``benchmark.extra_info`` records the backend
 that actually ran (and the cpu kernel's code path), achieved block sparsity, threads, torch version and CPU.
@@ -15,16 +15,18 @@ n×n matrix like HF's eager attention), ``cpu``, ``flex`` (compiled FlexAttentio
 from __future__ import annotations
 
 import os
-import platform
 from functools import lru_cache
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dendritic.bench import eager_attention
+from dendritic.bench import make_inputs as _make_inputs
 from dendritic.kernels import block_sparse_attention
 from dendritic.kernels.cpu import cpu_isa
-from dendritic.masks import block_mask_to_dense, dense_to_block_mask, random_block_mask
+from dendritic.kernels.layout import block_mask_to_dense
+from dendritic.provenance import cpu_model
 
 H = 12  # heads (BERT-base / MiniLM)
 FULL = os.environ.get("DENDRITIC_BENCH_FULL") == "1"
@@ -36,35 +38,10 @@ DENSE = ("sdpa", "eager")
 SPARSE = ("cpu", "flex", "reference")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def block_mask_for_sparsity(B: int, nb: int, sparsity: float, seed: int = 0) -> torch.Tensor:
-    """A random bool (B, H, nb, nb) block mask with about ``sparsity`` of the blocks skipped, safety floor (diagonal
-    + block-0 column) included — so short sequences cannot reach high sparsity; the achieved value is reported."""
-    floor = (2 * nb - 1) / nb**2  # fraction of blocks the floor keeps
-    keep_extra = max(0.0, ((1.0 - sparsity) - floor) / (1.0 - floor)) if nb > 1 else 1.0
-    g = torch.Generator().manual_seed(seed)
-    return random_block_mask(B, H, nb, keep_extra, generator=g)
-
-
 @lru_cache(maxsize=4)
 def make_inputs(B: int, n: int, d: int, block_size: int, sparsity: float, seed: int = 0):
     """q, k, v (B, H, n, d) fp32 and the compact block mask; cached so a shape's inputs are built once."""
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, d, generator=g) for _ in range(3))
-    keep = block_mask_for_sparsity(B, -(-n // block_size), sparsity, seed)
-    kv_num_blocks, kv_indices = dense_to_block_mask(keep)
-    achieved = 1.0 - keep.float().mean().item()
-    return q, k, v, kv_num_blocks, kv_indices, achieved
+    return _make_inputs(B, H, n, d, block_size, sparsity, seed)
 
 
 def first_block_reference(q, k, v, kv_num_blocks, kv_indices, block_size, *, dense):
@@ -77,12 +54,6 @@ def first_block_reference(q, k, v, kv_num_blocks, kv_indices, block_size, *, den
         tok = torch.ones_like(tok)
     logits = (qb @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, b, n)
     probs = torch.softmax(logits.masked_fill(~tok[..., None, :], float("-inf")), dim=-1)
-    return probs @ v
-
-
-def eager_attention(q, k, v):
-    """Dense attention materialising the n x n probabilities (what HF's eager BertSelfAttention does)."""
-    probs = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # (B, H, n, n)
     return probs @ v
 
 

@@ -36,12 +36,19 @@ ATTENTION_BACKENDS = ("reference", "cpu", "cupy", "flex")
 
 
 class DendriticConfig(BertConfig):
-    r"""Configuration of a DendriticBERT model.
+    r"""Configuration of a DendriticBERT model: what the model *is*, read once when it is built.
+
+    ``target_sparsity``/``head_budgets``, ``attention_backend``, ``policy`` and ``gumbel_temperature`` are the
+    *initial* values of controls that live on the model afterwards (``model.set_head_budgets(...)``,
+    ``set_attention_backend``, ``set_policy``, ``set_temperature``, or per call: ``model(..., attention_backend=...)``);
+    the model never writes into its config.  The budgets are a buffer saved with the weights.
 
     Args (beyond :class:`transformers.BertConfig`'s):
         dendritic (`bool`, default True): False gives plain BERT attention (the dense baseline, same weights).
         block_size (`int`, default 4): tokens per query/key block.
-        target_sparsity (`float` in [0, 1), default 0.5): average fraction of valid blocks to skip.
+        target_sparsity (`float` in [0, 1), default 0.5, or the mean of ``head_budgets`` when those are given):
+            average fraction of valid blocks to skip.  Given together with ``head_budgets``, it must equal their
+            mean (one would otherwise be ignored).
         scorer_rank (`int`, default 16): rank of the per-head low-rank block scorer.
         attention_backend (`str`, default "reference"): kernel used when masks are hard (inference):
             one of ``ATTENTION_BACKENDS``.
@@ -65,7 +72,7 @@ class DendriticConfig(BertConfig):
         self,
         dendritic: bool = True,
         block_size: int = 4,
-        target_sparsity: float = 0.5,
+        target_sparsity: float | None = None,
         scorer_rank: int = 16,
         attention_backend: str = "reference",
         dense_cls_row: bool = True,
@@ -82,7 +89,7 @@ class DendriticConfig(BertConfig):
         super().__init__(**kwargs)
         self.dendritic = bool(dendritic)
         self.block_size = block_size
-        self.target_sparsity = target_sparsity
+        self.target_sparsity = _resolve_target(target_sparsity, head_budgets)
         self.scorer_rank = scorer_rank
         self.attention_backend = attention_backend
         self.dense_cls_row = bool(dense_cls_row)
@@ -133,3 +140,18 @@ class DendriticConfig(BertConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _resolve_target(target_sparsity, head_budgets) -> float:
+    """The global target: given, or the mean of the head budgets; both given must agree."""
+    if head_budgets is None:
+        return 0.5 if target_sparsity is None else target_sparsity
+    try:
+        values = [float(x) for row in head_budgets for x in row]
+    except (TypeError, ValueError):
+        return target_sparsity if target_sparsity is not None else 0.5  # validate_dendritic names the bad field
+    mean = sum(values) / max(len(values), 1)
+    if target_sparsity is not None and isinstance(target_sparsity, (int, float)) and abs(target_sparsity - mean) > 1e-3:
+        raise ValueError(f"target_sparsity ({target_sparsity}) must equal the mean of head_budgets ({mean:.4f}) when "
+                         "both are given; pass one of them")
+    return round(mean, 6) if target_sparsity is None else target_sparsity

@@ -3,6 +3,11 @@
 
 Parameter names are BERT's (``bert.encoder.layer.N.attention.self.query.weight`` …), so BERT checkpoints load
 unchanged and the policy's parameters (``…attention.self.scorer/gate/perforation…``) sit beside them.
+The config describes the model and is read once, at construction.  What may change between calls lives on the
+model and is set through methods: ``set_head_budgets`` / ``set_target_sparsity`` (the ``head_budgets`` buffer,
+saved with the weights), ``set_temperature``, ``set_attention_backend`` and ``set_policy``; ``attention_backend=`` and
+``policy=`` (and ``head_budgets=``) can also be given to a single ``forward`` call.
+
 Every output carries the achieved sparsity of the forward pass it comes from:
 
 * ``block_sparsity`` (num_layers, B): fraction of real block pairs skipped (the blocks the kernel never computes);
@@ -36,9 +41,10 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 
-from .attention import DendriticSelfAttention
-from .config import DendriticConfig
+from .attention import DendriticSelfAttention, PolicyCall
+from .config import ATTENTION_BACKENDS, DendriticConfig
 from .masks import token_level_sparsity
+from .policies import POLICIES
 
 
 @dataclass
@@ -150,7 +156,7 @@ class _ClearCheckpointErrors:
 
 
 class DendriticBertModel(_ClearCheckpointErrors, BertModel):
-    """``BertModel`` with dendritic self-attention (see the module docstring for the extra outputs)."""
+    """``BertModel`` with dendritic self-attention (see the module docstring for the extra outputs and controls)."""
 
     config_class = DendriticConfig
 
@@ -158,13 +164,76 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         for i, layer in enumerate(self.encoder.layer):
             layer.attention.self = DendriticSelfAttention(config, layer_idx=i)
+        # Per-head target sparsities (L, H): the config's values seed it; a checkpoint's saved buffer replaces them.
+        self.register_buffer("head_budgets", _initial_budgets(config), persistent=True)
+        self.attention_backend = config.attention_backend
+        self.policy = config.policy
+        self.temperature = float(config.gumbel_temperature)
         self.post_init()
         self.init_policy_from_attention()
 
-    # -- policy helpers -----------------------------------------------------------------------------------
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:  # a checkpoint without the buffer (converted or older): the config's budgets
+            self.head_budgets.copy_(_initial_budgets(self.config))
+
+    # -- per-call controls ---------------------------------------------------------------------------------------
     def dendritic_layers(self) -> list[DendriticSelfAttention]:
         return [layer.attention.self for layer in self.encoder.layer]
 
+    def set_temperature(self, temperature: float) -> None:
+        """Gumbel-sigmoid temperature of the relaxed masks (training; the trainer anneals it)."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    @torch.no_grad()
+    def set_head_budgets(self, budgets) -> None:
+        """Install per-layer, per-head target sparsities ((L, H), each in [0, 1)); saved with the weights."""
+        b = torch.as_tensor(budgets, dtype=torch.float32)
+        if tuple(b.shape) != tuple(self.head_budgets.shape):
+            raise ValueError(f"head budgets must have shape (num_hidden_layers, num_attention_heads) = "
+                             f"{tuple(self.head_budgets.shape)}, got {tuple(b.shape)}")
+        if not bool(((b >= 0) & (b < 1)).all()):
+            raise ValueError("head budgets are target sparsities and must lie in [0, 1)")
+        self.head_budgets.copy_(b)
+
+    def set_target_sparsity(self, target_sparsity: float) -> None:
+        """Every head gets the same target sparsity."""
+        if not 0.0 <= float(target_sparsity) < 1.0:
+            raise ValueError(f"target_sparsity must be a float in [0, 1), got {target_sparsity!r}")
+        self.set_head_budgets(torch.full_like(self.head_budgets, float(target_sparsity)))
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Kernel used for hard masks (inference): one of ``ATTENTION_BACKENDS``."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+        self.attention_backend = backend
+
+    def set_policy(self, policy: str) -> None:
+        """Mask policy by name: one of ``dendritic.policies.POLICIES``."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
+        self.policy = policy
+
+    def policy_call(self, *, attention_backend: str | None = None, policy: str | None = None,
+                    head_budgets: torch.Tensor | None = None) -> PolicyCall:
+        """The controls of one forward pass: the model's current ones, or the given overrides (``head_budgets``:
+        (L, H) target sparsities for this call only, e.g. a benchmark sweeping sparsity on one model)."""
+        backend = self.attention_backend if attention_backend is None else attention_backend
+        policy = self.policy if policy is None else policy
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
+        budgets = self.head_budgets
+        if head_budgets is not None:
+            if tuple(head_budgets.shape) != tuple(budgets.shape):
+                raise ValueError(f"head_budgets must have shape {tuple(budgets.shape)}, got {tuple(head_budgets.shape)}")
+            budgets = head_budgets.to(device=budgets.device, dtype=budgets.dtype)
+        return PolicyCall(budgets=budgets, temperature=self.temperature, backend=backend, policy=policy)
+
+    # -- policy helpers -----------------------------------------------------------------------------------
     @torch.no_grad()
     def init_policy_from_attention(self) -> None:
         """Start each scorer at the rank-r approximation of its layer's pooled-QK score; zero the gates."""
@@ -173,37 +242,30 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             attn.gate.reset_output()
             attn.perforation.offset.zero_()
 
-    def set_temperature(self, temperature: float) -> None:
-        for attn in self.dendritic_layers():
-            attn.temperature = float(temperature)
-
-    def set_head_budgets(self, budgets: list[list[float]]) -> None:
-        """Install per-layer, per-head target sparsities (also written into the config, so they are saved)."""
-        self.config.head_budgets = [[float(x) for x in row] for row in budgets]
-        self.config.validate_dendritic()
-
     def policy_parameters(self) -> list[torch.nn.Parameter]:
         """Scorer, gate and threshold parameters (they get their own learning rate and clipping)."""
         return [p for attn in self.dendritic_layers() for m in (attn.scorer, attn.gate, attn.perforation) for p in m.parameters()]
 
-    def collect_policy(self, attention_mask: torch.Tensor | None, n: int, record_masks: bool) -> dict:
-        """Stack what each layer's policy decided in the last forward pass into output fields."""
-        layers = [attn.last_policy for attn in self.dendritic_layers()]
-        if any(p is None for p in layers):
-            return {}
-        B = layers[0].hard.shape[0]
-        key_padding = attention_mask.bool() if attention_mask is not None else torch.ones(B, n, dtype=torch.bool, device=layers[0].hard.device)
+    def _policy_outputs(self, trace, attention_mask: torch.Tensor | None, n: int, record_masks: bool) -> dict:
+        """Stack what each layer's policy decided in this forward pass into output fields."""
+        B = trace[0].hard.shape[0]
+        key_padding = attention_mask.bool() if attention_mask is not None else torch.ones(B, n, dtype=torch.bool, device=trace[0].hard.device)
         return dict(
-            block_sparsity=torch.stack([p.block_sparsity for p in layers]),  # (L, B)
-            pair_sparsity=torch.stack([token_level_sparsity(p.hard, key_padding, self.config.block_size).mean(-1) for p in layers]),
-            keep_fraction=torch.stack([p.keep_fraction for p in layers]),  # (L, B, H)
-            keep_target=torch.stack([p.target_keep for p in layers]),  # (L, B, H)
-            block_masks=tuple(p.hard for p in layers) if record_masks else None,
+            block_sparsity=torch.stack([p.block_sparsity for p in trace]),  # (L, B)
+            pair_sparsity=torch.stack([token_level_sparsity(p.hard, key_padding, self.config.block_size).mean(-1) for p in trace]),
+            keep_fraction=torch.stack([p.keep_fraction for p in trace]),  # (L, B, H)
+            keep_target=torch.stack([p.target_keep for p in trace]),  # (L, B, H)
+            block_masks=tuple(p.hard for p in trace) if record_masks else None,
         )
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                output_block_masks: bool = False, **kwargs):
+                output_block_masks: bool = False, attention_backend: str | None = None, policy: str | None = None,
+                head_budgets: torch.Tensor | None = None, **kwargs):
         _validate_inputs(self.config, input_ids, attention_mask, inputs_embeds, token_type_ids)
+        call = self.policy_call(attention_backend=attention_backend, policy=policy,
+                                head_budgets=head_budgets) if self.config.dendritic else None
+        if call is not None:
+            kwargs["policy_call"] = call
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
         if not torch.isfinite(out.last_hidden_state).all():
@@ -212,12 +274,27 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
                 "non-finite hidden states" + (f"; non-finite weights in {bad[:5]}" if bad else " (weights are finite)")
             )
         n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        policy = self.collect_policy(attention_mask, n, output_block_masks) if self.config.dendritic else {}
-        if not policy:  # dense attention: nothing skipped
+        if call is not None:
+            policy_out = self._policy_outputs(call.trace, attention_mask, n, output_block_masks)
+        else:  # dense attention: nothing skipped
             B = out.last_hidden_state.shape[0]
             zeros = out.last_hidden_state.new_zeros(self.config.num_hidden_layers, B)
-            policy = dict(block_sparsity=zeros, pair_sparsity=zeros)
-        return DendriticModelOutput(**out, **policy)
+            policy_out = dict(block_sparsity=zeros, pair_sparsity=zeros)
+        return DendriticModelOutput(**out, **policy_out)
+
+
+def base_model(model) -> DendriticBertModel:
+    """The DendriticBertModel inside a task model (or a DDP wrapper of one)."""
+    model = getattr(model, "module", model)  # DDP
+    return model if isinstance(model, DendriticBertModel) else model.bert
+
+
+def _initial_budgets(config: DendriticConfig) -> torch.Tensor:
+    """(L, H) float32 from ``config.head_budgets``, or ``config.target_sparsity`` for every head."""
+    L, H = config.num_hidden_layers, config.num_attention_heads
+    if config.head_budgets is not None:
+        return torch.tensor(config.head_budgets, dtype=torch.float32)
+    return torch.full((L, H), float(config.target_sparsity), dtype=torch.float32)
 
 
 def _policy_fields(out: DendriticModelOutput) -> dict:
@@ -234,10 +311,12 @@ class DendriticBertForMaskedLM(_ClearCheckpointErrors, BertForMaskedLM):
         self.bert.init_policy_from_attention()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_block_masks: bool = False, **kwargs):
+                labels=None, output_block_masks: bool = False, attention_backend: str | None = None,
+                policy: str | None = None, **kwargs):
         outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds,
-                            output_block_masks=output_block_masks, **kwargs)
+                            output_block_masks=output_block_masks, attention_backend=attention_backend,
+                            policy=policy, **kwargs)
         logits = self.cls(outputs.last_hidden_state)  # (B, n, vocab)
         loss = None
         if labels is not None:
@@ -256,10 +335,12 @@ class DendriticBertForSequenceClassification(_ClearCheckpointErrors, BertForSequ
         self.bert.init_policy_from_attention()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_block_masks: bool = False, **kwargs):
+                labels=None, output_block_masks: bool = False, attention_backend: str | None = None,
+                policy: str | None = None, **kwargs):
         outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds,
-                            output_block_masks=output_block_masks, **kwargs)
+                            output_block_masks=output_block_masks, attention_backend=attention_backend,
+                            policy=policy, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
         loss = None
         if labels is not None:

@@ -1,6 +1,6 @@
 """Block masks a trained DendriticBERT chooses on real dev sentences, as data for the example-mask figure.
 
-    python reproduce/export_masks.py --model runs/small/glue/sst2/dendritic-seed0 --task sst2
+    python -m reproduce.export_masks --model runs/small/glue/sst2/dendritic-seed0 --task sst2
 
 Writes ``reproduce/results/masks/examples.json``: for each example its tokens, block size and, per layer and
 head, the hard 0/1 block mask computed at inference (the blocks the kernel actually computes).
@@ -9,17 +9,14 @@ head, the hard 0/1 block mask computed at inference (the blocks the kernel actua
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from dendritic.modeling import DendriticBertForSequenceClassification
+from dendritic.provenance import atomic_write_json, provenance
+from dendritic.training.data import get_task, load_glue
 
-from dendritic.data import get_task, load_glue  # noqa: E402
-from dendritic.modeling import DendriticBertForSequenceClassification  # noqa: E402
-from dendritic.provenance import atomic_write_json, provenance  # noqa: E402
+from .paths import RESULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a phase-3 dendritic model folder")
     parser.add_argument("--task", required=True)
     parser.add_argument("--examples", type=int, default=3, help="how many dev examples (the longest first)")
-    parser.add_argument("--out", default=str(REPO / "reproduce" / "results" / "masks" / "examples.json"))
+    parser.add_argument("--out", default=str(RESULTS / "masks" / "examples.json"))
     args = parser.parse_args(argv)
+
+    from pathlib import Path
 
     from transformers import AutoTokenizer
 
+    if not (Path(args.model) / "model.safetensors").exists():
+        raise SystemExit(f"no fine-tuned model in {args.model}: run `python -m reproduce glue --tasks {args.task} "
+                         "--seeds 0` first (it keeps the seed-0 DendriticBERT model)")
     model = DendriticBertForSequenceClassification.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     spec = get_task(args.task)

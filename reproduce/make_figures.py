@@ -1,7 +1,7 @@
 """Every figure and table of the artifact, regenerated from the result files only (no training, no benchmarking):
 
-    python reproduce/make_figures.py                                   # reproduce/results -> figures
-    python reproduce/make_figures.py --results DIR --out DIR [--only table1_glue pai_glue]
+    python -m reproduce.make_figures                                   # reproduce/results -> figures
+    python -m reproduce.make_figures --results DIR --out DIR [--only table1_glue pai_glue]
 
 A figure whose result file does not exist yet is skipped with one printed line.  Running twice gives byte-identical
 tables (Markdown/CSV/LaTeX) and, with the same matplotlib/seaborn, identical PNG/PDF.  ``<out>/MANIFEST.md`` lists
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from reproduce.figures import FIGURES
-from reproduce.figures.common import Output, style
+from .figures import FIGURES
+from .figures.common import Output, style
+from .paths import FIGURES as FIGURES_DIR
+from .paths import REPO, RESULTS
 
 
 def _shown(path: Path) -> str:
@@ -49,13 +47,13 @@ def embed_table1(readme: Path, table: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default=str(REPO / "reproduce" / "results"), help="results folder")
-    parser.add_argument("--out", default=str(REPO / "figures"), help="output folder")
+    parser.add_argument("--results", default=str(RESULTS), help="results folder")
+    parser.add_argument("--out", default=str(FIGURES_DIR), help="output folder")
     parser.add_argument("--only", nargs="*", default=None, help="builder names to run (default: all)")
     parser.add_argument("--readme", default=None, help="also copy <out>/table1_glue.md into this README's markers")
     args = parser.parse_args(argv)
     results, out_dir = Path(args.results), Path(args.out)
-    command = f"python reproduce/make_figures.py --results {shlex.quote(_shown(results))} --out {shlex.quote(_shown(out_dir))}"
+    command = f"python -m reproduce.make_figures --results {shlex.quote(_shown(results))} --out {shlex.quote(_shown(out_dir))}"
     out = Output(out=out_dir, results=results, command=command)
     style()
     builders = [f for f in FIGURES if args.only is None or f.__name__ in args.only]

@@ -1,8 +1,8 @@
 """Accuracy against sparsity for four mask policies on one fine-tuned model, at inference only (no retraining).
 
-    python reproduce/sweep_inference.py --preset small              # tasks of the ablation plan, ~5 min on 2 cores
+    python -m reproduce.sweep_inference --preset small              # tasks of the ablation plan, ~5 min on 2 cores
 
-The trained trade-off points (`run_glue.py --tradeoff`) fine-tune one model per target, for the learned policy
+The trained trade-off points (``python -m reproduce glue --tradeoff``) fine-tune one model per target, for the learned policy
 only.  This sweep is the cheap complement that the ablation figure needs: it takes the kept seed-0 DendriticBERT
 fine-tuned at the main target (``<runs>/glue/<task>/dendritic-seed0``) and evaluates its dev set with the mask
 chosen by each policy —
@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "reproduce"))
+from dendritic.provenance import atomic_write_json, provenance
 
-from dendritic.provenance import atomic_write_json, provenance  # noqa: E402
-from dendritic.training.config import CONFIG_DIR, tomllib  # noqa: E402
+from .paths import RESULTS
+from .plans import load_plan
 
-DEFAULT_RESULTS = REPO / "reproduce" / "results" / "ablations"
+DEFAULT_RESULTS = RESULTS / "ablations"
 TARGETS = (0.3, 0.5, 0.7, 0.9)
 WINDOWS = (0, 1, 2, 3, 4)
 
@@ -46,11 +43,11 @@ def sweep_task(model_dir: Path, task: str, *, max_length: int, batch_size: int, 
     from transformers import AutoTokenizer
 
     from dendritic.budget import retarget_budgets
-    from dendritic.data import load_glue, subsample, tokenize_glue
-    from dendritic.metrics import compute_glue_metrics, primary_metric
+    from dendritic.training.data import load_glue, subsample, tokenize_glue
+    from dendritic.training.metrics import compute_glue_metrics, primary_metric
     from dendritic.modeling import DendriticBertForSequenceClassification
+    from dendritic.modeling import base_model
     from dendritic.training.phases import evaluate_glue
-    from dendritic.training.trainer import base_model
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dev = load_glue(task, splits=("validation",))["validation"]
@@ -67,8 +64,8 @@ def sweep_task(model_dir: Path, task: str, *, max_length: int, batch_size: int, 
             overrides = {"policy": policy} | ({"static_window": window} if window is not None else {})
         model = DendriticBertForSequenceClassification.from_pretrained(model_dir, **overrides)
         if target is not None:
-            base_model(model).set_head_budgets(retarget_budgets(model.config.head_budgets, target))
-            model.config.target_sparsity = target
+            base = base_model(model)
+            base.set_head_budgets(retarget_budgets(base.head_budgets.tolist(), target))
         torch.manual_seed(0)  # the random policy draws its scores from torch's generator
         with torch.no_grad():
             ev = evaluate_glue(model, dev, tokenizer, batch_size)
@@ -91,23 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--tasks", nargs="*", default=None, help="default: the ablation plan's tasks")
     parser.add_argument("--output-dir", default=None, help="where the fine-tuned models are (default: runs/<preset>)")
-    parser.add_argument("--results-dir", default=None, help=f"default: {DEFAULT_RESULTS.relative_to(REPO)}")
+    parser.add_argument("--results-dir", default=None, help="default: reproduce/results/ablations")
     parser.add_argument("--eval-samples", type=int, default=None, help="dev subsample (default: the whole dev set)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args(argv)
 
-    plan = tomllib.loads((CONFIG_DIR / args.preset / "ablations.toml").read_text())
+    plan = load_plan("ablations", args.preset)
     runs = Path(args.output_dir or f"runs/{args.preset}")
     results = Path(args.results_dir) if args.results_dir else DEFAULT_RESULTS
-    tasks = args.tasks or plan["tasks"]
+    tasks = args.tasks or plan.tasks
     out_file = results / "inference_sweep.json"
     previous = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
     rows = []
     for task in tasks:
         model_dir = runs / "glue" / task / "dendritic-seed0"
         if not (model_dir / "model.safetensors").exists():
-            raise SystemExit(f"no fine-tuned model in {model_dir}: run `python reproduce/run_glue.py --preset "
+            raise SystemExit(f"no fine-tuned model in {model_dir}: run `python -m reproduce glue --preset "
                              f"{args.preset} --tasks {task} --seeds 0` first (it keeps the seed-0 dendritic model)")
         rows += sweep_task(model_dir, task, max_length=args.max_length, batch_size=args.batch_size,
                            eval_samples=args.eval_samples)

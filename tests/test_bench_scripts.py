@@ -24,9 +24,9 @@ MEMORY_FIELDS = {
 }
 
 
-def run_script(name: str, out: Path) -> dict:
+def run_script(module: str, out: Path) -> dict:
     # A correctness test, not a timing: no wall-clock budget may skip configurations on a slow or loaded machine.
-    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / name), "--quick", "--threads", "1",
+    proc = subprocess.run([sys.executable, "-m", module, "--quick", "--threads", "1",
                            "--time-budget-s", "100000", "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,12 +38,12 @@ def run_script(name: str, out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def latency(tmp_path_factory):
-    return run_script("bench_latency.py", tmp_path_factory.mktemp("latency") / "summary.json")
+    return run_script("reproduce.bench.latency", tmp_path_factory.mktemp("latency") / "summary.json")
 
 
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory):
-    return run_script("bench_memory.py", tmp_path_factory.mktemp("memory") / "summary.json")
+    return run_script("reproduce.bench.memory", tmp_path_factory.mktemp("memory") / "summary.json")
 
 
 def test_latency_schema_and_levels(latency):

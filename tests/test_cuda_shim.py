@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from dendritic.kernels import reference_attention, validate_inputs
-from dendritic.masks import dense_to_block_mask, random_block_mask
+from dendritic.kernels.layout import dense_to_block_mask, random_block_mask
 
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "tests" / "cuda_shim"
@@ -90,7 +90,7 @@ def _shim_attention(lib, q, k, v, kv_num_blocks, kv_indices, *, block_size, key_
 
 def _reference_lse(q, k, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale):
     """Natural-log log-sum-exp of the kept, real logits per query row (fp64); -inf for a row with none."""
-    from dendritic.masks import block_mask_to_dense
+    from dendritic.kernels.layout import block_mask_to_dense
 
     n = q.shape[2]
     keep = block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])

@@ -14,8 +14,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dendritic import data as D
-from dendritic import metrics as M
+from dendritic.training import data as D
+from dendritic.training import metrics as M
 
 DATA_DIR = Path(os.environ["DENDRITIC_DATA_DIR"])
 pytestmark = pytest.mark.skipif(not (DATA_DIR / "glue").is_dir(), reason=f"no offline data at {DATA_DIR}")
@@ -31,7 +31,7 @@ README_ROWS = {
     "qnli": {"validation": 5463},
 }
 
-# The hub's features (nyu-mll/glue), spelled out independently of dendritic.data.HUB_FEATURES.
+# The hub's features (nyu-mll/glue), spelled out independently of dendritic.training.data.HUB_FEATURES.
 _S = Value("string")
 EXPECTED = {
     "cola": Features({"sentence": _S, "label": ClassLabel(names=["unacceptable", "acceptable"]), "idx": Value("int32")}),

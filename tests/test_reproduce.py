@@ -1,4 +1,6 @@
-"""The GLUE and ablation runners end to end on the smoke preset (`--quick`): the code paths of the main job."""
+"""The experiment runner end to end on the smoke preset (``python -m reproduce <plan> --quick``): fresh results in a
+run folder, reuse of finished runs, summaries, and the comparison with the committed quick reference — which must
+match exactly (same seed, same data, one thread)."""
 
 from __future__ import annotations
 
@@ -8,56 +10,67 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from reproduce.compare import compare
+
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+QUICK_REFERENCE = REPO / "reproduce" / "results" / "quick"
 
 
-def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "reproduce" / script), *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=900)
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reproduce", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=900)
 
 
-def test_quick_glue_and_ablations(tmp_path):
-    glue = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "mnli", "--output-dir", str(tmp_path))
-    assert glue.returncode == 0, glue.stderr[-3000:]
+def _drop_provenance(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "provenance"}
+
+
+def test_quick_plans_match_their_committed_reference(tmp_path):
+    committed_before = sorted(p.relative_to(REPO) for p in (REPO / "reproduce" / "results").rglob("*") if p.is_file())
+    glue = _run("glue", "--quick", "--tasks", "wnli", "mnli", "--run-dir", str(tmp_path))
+    assert glue.returncode == 0, glue.stdout[-3000:] + glue.stderr[-3000:]
     assert "skipping mnli" in glue.stdout  # no data offline: said in one line, never faked
-    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert "run 1 of 3" in glue.stdout and "Comparison with the committed reference" in glue.stdout
+    results = tmp_path / "results" / "glue"
+    comparison = json.loads((results / "comparison.json").read_text())
+    assert comparison["ok"] and comparison["mode"] == "exact"
+    assert {r["cell"] for r in comparison["rows"]} == {"wnli/dense-seed0", "wnli/dendritic-seed0", "wnli/dsn-seed0"}
+    assert all(r["status"] == "ok" for r in comparison["rows"])  # every run has its reference, bit for bit
+    summary = json.loads((results / "summary.json").read_text())
     wnli = summary["wnli"]
     assert set(wnli["parameters"]) == {"dense", "dendritic", "dsn"}
     assert wnli["parameters"]["dense"] < wnli["parameters"]["dendritic"]  # the policy is counted for dendritic only
     assert 0.0 < wnli["sparsity_mean"] < 1.0 and wnli["seeds"] == [0]
-    assert summary["average"]["tasks"] == ["wnli"]
-    run = json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())
+    run = json.loads((results / "wnli" / "dendritic-seed0.json").read_text())
     assert {"resolved_config", "provenance", "per_input_sparsity", "predictions"} <= set(run)
     assert len(run["per_input_sparsity"]) == run["dev_examples"]
 
     # A rerun reuses every finished result (nothing is trained again).
-    again = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "--output-dir", str(tmp_path))
+    again = _run("glue", "--quick", "--tasks", "wnli", "--run-dir", str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((tmp_path / "results" / "wnli" / "dendritic-seed0.json").read_text())["provenance"] == run["provenance"]
+    assert "0 trained, 3 reused" in again.stdout
+    assert json.loads((results / "wnli" / "dendritic-seed0.json").read_text())["provenance"] == run["provenance"]
     # The trade-off: one fine-tuning per target, except the main target, which is the main table's seed-0 run.
-    trade = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "wnli", "--tradeoff", "--output-dir", str(tmp_path))
-    assert trade.returncode == 0, trade.stderr[-3000:]
-    rows = json.loads((tmp_path / "results" / "tradeoff.json").read_text())["rows"]
+    trade = _run("glue", "--quick", "--tasks", "wnli", "--tradeoff", "--run-dir", str(tmp_path))
+    assert trade.returncode == 0, trade.stdout[-3000:] + trade.stderr[-3000:]
+    rows = json.loads((results / "tradeoff.json").read_text())["rows"]
     assert [(r["target_sparsity"], r["source"]) for r in rows] == [
         (0.3, "wnli/tradeoff-learned-0.3.json"), (0.5, "wnli/dendritic-seed0.json"), (0.7, "wnli/tradeoff-learned-0.7.json")]
-    assert not (tmp_path / "results" / "wnli" / "tradeoff-learned-0.5.json").exists()
-    # A run restricted to other tasks keeps the finished ones in summary.json (it once rewrote it without them).
-    other = _run("run_glue.py", "--preset", "smoke", "--quick", "--tasks", "mnli", "--output-dir", str(tmp_path))
-    assert other.returncode == 0, other.stderr[-3000:]
-    assert json.loads((tmp_path / "results" / "summary.json").read_text())["average"]["tasks"] == ["wnli"]
+    assert not (results / "wnli" / "tradeoff-learned-0.5.json").exists()
     # --summary-only rebuilds the same summary from the files alone.
-    before = json.loads((tmp_path / "results" / "summary.json").read_text())
-    (tmp_path / "results" / "summary.json").unlink()
-    rebuilt = _run("run_glue.py", "--preset", "smoke", "--quick", "--summary-only", "--output-dir", str(tmp_path))
+    before = json.loads((results / "summary.json").read_text())
+    (results / "summary.json").unlink()
+    rebuilt = _run("glue", "--quick", "--summary-only", "--run-dir", str(tmp_path))
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    after = json.loads((tmp_path / "results" / "summary.json").read_text())
-    assert {k: v for k, v in after.items() if k != "provenance"} == {k: v for k, v in before.items() if k != "provenance"}
+    assert _drop_provenance(json.loads((results / "summary.json").read_text())) == _drop_provenance(before)
 
-    abl = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path),
-               "--variants", "static", "no_gating", "no_gumbel")
-    assert abl.returncode == 0, abl.stderr[-3000:]
+    abl = _run("ablations", "--quick", "--run-dir", str(tmp_path), "--variants", "static", "no_gating", "no_gumbel")
+    assert abl.returncode == 0, abl.stdout[-3000:] + abl.stderr[-3000:]
     ablations = json.loads((tmp_path / "results" / "ablations" / "summary.json").read_text())
+    assert json.loads((tmp_path / "results" / "ablations" / "comparison.json").read_text())["ok"]
     assert {"dense", "full", "static", "no_gating", "no_gumbel"} <= set(ablations)
     # The allocator's measurement is shared where a variant cannot change it, and made afresh where it can.
     main_budgets = json.loads((tmp_path / "phase2" / "budgets.json").read_text())
@@ -68,39 +81,66 @@ def test_quick_glue_and_ablations(tmp_path):
     assert 0.0 <= ablations["static"]["wnli"]["sparsity"] < 1.0
     assert ablations["full"]["wnli"]["seeds"] == ablations["static"]["wnli"]["seeds"] == [0]
     # A variant of the plan's `wide` table also runs on its further tasks; the others do not.
-    assert ablations["no_gumbel"]["rte"]["seeds"] == [0]  # (no full/dense here: the quick GLUE run had WNLI only)
+    assert ablations["no_gumbel"]["rte"]["seeds"] == [0]
     assert "rte" not in ablations["static"]
-    # A call for a subset (here: a summary for one task and variant) keeps the whole plan in summary.json.
-    again = _run("run_ablations.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path), "--summary-only",
-                 "--tasks", "wnli", "--variants", "static")
-    assert again.returncode == 0, again.stderr[-3000:]
-    rebuilt = json.loads((tmp_path / "results" / "ablations" / "summary.json").read_text())
-    assert {k: v for k, v in rebuilt.items() if k != "provenance"} == {k: v for k, v in ablations.items() if k != "provenance"}
-    diag = _run("run_diagnostics.py", "--preset", "smoke", "--quick", "--output-dir", str(tmp_path))
-    assert diag.returncode == 0, diag.stderr[-3000:]
+
+    diag = _run("diagnostics", "--quick", "--run-dir", str(tmp_path))
+    assert diag.returncode == 0, diag.stdout[-3000:] + diag.stderr[-3000:]
     diagnostics = json.loads((tmp_path / "results" / "diagnostics" / "summary.json").read_text())
     assert set(diagnostics) >= {"dense_from_phase2", "dendritic_all_train"}
     d2 = json.loads((tmp_path / "results" / "diagnostics" / "wnli" / "dense_from_phase2-seed0.json").read_text())
     assert Path(d2["resolved_config"]["init_from"]) == tmp_path / "phase2" and d2["variant"] == "dense"
     assert d2["sparsity_mean"] == 0.0 and len(diagnostics["dense_from_phase2"]["runs"]) == 1
 
-    # Quick runs never write into the committed results tree.
-    assert not (REPO / "reproduce" / "results" / "train" / "smoke").exists()
+    # Fresh runs never write into the committed results tree.
+    after = sorted(p.relative_to(REPO) for p in (REPO / "reproduce" / "results").rglob("*") if p.is_file())
+    assert after == committed_before
 
 
-def _load_script(name: str):
-    import importlib.util
+def test_comparison_fails_outside_tolerance(tmp_path):
+    """A cell outside its tolerance fails the comparison; a run the reference lacks is listed, not failed."""
+    fresh, ref = tmp_path / "fresh", tmp_path / "ref"
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "reproduce" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    def write(root: Path, name: str, score: float, preds=(0, 1)) -> None:
+        (root / "rte").mkdir(parents=True, exist_ok=True)
+        (root / "rte" / f"{name}.json").write_text(json.dumps(
+            {"score": score, "sparsity_mean": 0.5, "predictions": list(preds)}))
+
+    for seed, score in enumerate((0.60, 0.64, 0.62)):
+        write(ref, f"dense-seed{seed}", score)
+    write(fresh, "dense-seed0", 0.60)
+    assert compare(fresh, ref, exact=True)["ok"]
+    write(fresh, "dense-seed1", 0.64 + 0.05)  # 2 x seed std = 0.04: outside
+    result = compare(fresh, ref, exact=False)
+    assert not result["ok"]
+    assert [r["cell"] for r in result["rows"] if r["status"] == "OUTSIDE"] == ["rte/dense-seed1"]
+    write(fresh, "dense-seed1", 0.64 + 0.03)  # inside the seed spread, but not exact
+    assert compare(fresh, ref, exact=False)["ok"] and not compare(fresh, ref, exact=True)["ok"]
+    write(fresh, "dense-seed1", 0.64, preds=(1, 1))  # same score, other predictions: not exact
+    assert not compare(fresh, ref, exact=True)["ok"]
+    write(fresh, "dense-seed1", 0.64)
+    write(fresh, "dendritic-seed0", 0.5)  # no reference: listed, does not fail
+    result = compare(fresh, ref, exact=True)
+    assert result["ok"] and any(r["status"] == "no reference" for r in result["rows"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["glue", "--quick", "--tasks", "squad"], "unknown GLUE task 'squad'"),
+    (["ablations", "--quick", "--variants", "nope"], "unknown variants ['nope']"),
+    (["diagnostics", "--quick", "--runs", "nope"], "unknown diagnostic runs ['nope']"),
+    (["glue", "--quick", "--runs", "x"], "--runs applies to the diagnostics plan only"),
+])
+def test_bad_selection_fails_before_any_work(tmp_path, args, message):
+    proc = _run(*args, "--run-dir", str(tmp_path))
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (tmp_path / "phase1").exists()  # nothing trained
 
 
 def test_ablation_summary_averages_the_same_seeds_everywhere(tmp_path):
     """Every entry of a task (ablated variants, dense, full) averages the seeds all of them have: a variant run on
     more seeds than the others must not be compared with fewer."""
-    abl = _load_script("run_ablations")
+    from reproduce.summaries import summarise_ablations
+
     results, glue = tmp_path / "ablations", tmp_path / "glue"
 
     def write(folder: Path, stem: str, seed: int, score: float) -> None:
@@ -116,7 +156,7 @@ def test_ablation_summary_averages_the_same_seeds_everywhere(tmp_path):
             write(glue / task, "dense", seed, 0.8 + 0.01 * seed)
             write(glue / task, "dendritic", seed, 0.6 + 0.01 * seed)
     write(results / "mrpc", "random", 0, 0.65)  # ... but random only seed 0
-    summary = abl.summarise(results, glue, ["mrpc", "stsb", "cola"], ["random", "no_gumbel"], ["mrpc"])
+    summary = summarise_ablations(results, glue, ["mrpc", "stsb", "cola"], ["random", "no_gumbel"], ["mrpc"])
     assert summary["grid_tasks"] == ["mrpc"]
     for name in ("dense", "full", "random", "no_gumbel"):
         assert summary[name]["mrpc"]["seeds"] == [0], name
@@ -127,8 +167,23 @@ def test_ablation_summary_averages_the_same_seeds_everywhere(tmp_path):
 
 
 def test_inference_sweep_of_one_task_keeps_the_others():
-    sweep = _load_script("sweep_inference")
+    from reproduce.sweep_inference import merge_rows
+
     old = [{"task": "mrpc", "policy": "none", "score": 0.8}, {"task": "sst2", "policy": "none", "score": 0.1}]
     new = [{"task": "sst2", "policy": "none", "score": 0.9}, {"task": "sst2", "policy": "random", "score": 0.7}]
-    merged = sweep.merge_rows(old, new, ["sst2"])
+    merged = merge_rows(old, new, ["sst2"])
     assert merged == [old[0], *new]  # SST-2's old row replaced, MRPC's kept
+
+
+def test_every_committed_plan_loads():
+    """Every plan file of every preset is a valid typed plan (unknown keys, tasks, variants fail here)."""
+    from reproduce.plans import PLAN_KINDS, Selection, load_plan
+
+    found = 0
+    for preset_dir in sorted((REPO / "reproduce" / "configs").iterdir()):
+        for kind in PLAN_KINDS:
+            if (preset_dir / f"{kind}.toml").exists():
+                plan = load_plan(kind, preset_dir.name)
+                assert plan.runs(Selection(tradeoff=True)), (preset_dir.name, kind)
+                found += 1
+    assert found >= 8

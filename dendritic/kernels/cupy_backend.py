@@ -36,7 +36,7 @@ __all__ = [
     "nvrtc_options",
 ]
 
-CUDA_DIR = Path(os.environ.get("DENDRITIC_CUDA_DIR", Path(__file__).resolve().parents[2] / "cuda"))
+CUDA_DIR = Path(os.environ.get("DENDRITIC_CUDA_DIR", Path(__file__).resolve().parent / "cuda"))  # package data
 SOURCE = "block_sparse_attention.cu"
 KERNEL = "block_sparse_attention_fwd"
 SUPPORTED_DTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}  # C++ types

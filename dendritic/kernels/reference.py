@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import block_mask_to_dense
+from .layout import block_mask_to_dense
 
 
 def reference_attention(

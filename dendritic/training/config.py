@@ -1,13 +1,24 @@
 """Typed, validated configs for the three training phases, loaded from TOML with command-line overrides.
 
-Files live under ``reproduce/configs/<preset>/phase{1,2,3}.toml``; every run writes its resolved config as
-``resolved_config.json`` next to its outputs.  Each field's meaning is in the dataclass docstrings.
+Each phase's config holds exactly the fields that phase reads, and validates itself on construction::
+
+    TrainingConfig            what every phase's Trainer reads (steps, batch, learning rate, seed, data source ...)
+    ├─ MLMConfig              + the masked-LM data (sequence length, masking rate, documents, held-out share)
+    │  ├─ Phase1Config        + the starting model (random / minilm / a folder or hub id)
+    │  └─ Phase2Config        + PolicyTrainingConfig + budgets, Gumbel annealing, λ ramp, distillation
+    └─ PolicyTrainingConfig   + the policy's learning rate, clip, sparsity weight and target, starting checkpoint
+       └─ Phase3Config        + the GLUE task, variant, mask policy, epochs, subsamples, evaluation split
+
+Experiment files are ``<config_dir>/<preset>/phase{1,2,3}.toml``; ``config_dir`` defaults to ``$DENDRITIC_CONFIG_DIR``,
+else ``reproduce/configs`` under the working directory (the repository's experiment configs, when run from its
+root).  Every run writes its resolved config as ``resolved_config.json`` next to its outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,59 +28,113 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "reproduce" / "configs"
+__all__ = ["PHASES", "MLMConfig", "Phase1Config", "Phase2Config", "Phase3Config", "PolicyTrainingConfig",
+           "TrainingConfig", "default_config_dir", "load_phase_config", "save_resolved", "tomllib"]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
 @dataclass
-class Phase1Config:
-    """Phase 1: masked-LM warm-up with dense attention; the policy modules are initialised and frozen.
+class TrainingConfig:
+    """Settings every phase's ``transformers.Trainer`` reads.
 
-    model: "random" (a fresh BERT of the preset's shapes), "minilm" (the offline all-MiniLM-L6-v2 package),
-        a local folder or a hub id (e.g. "bert-base-uncased").
-    model_overrides: DendriticConfig fields (block_size, target_sparsity, ...) applied on top of the preset.
+    max_steps: optimizer steps (phase 3: -1 = train for ``epochs``).
+    data_source: "auto" | "local" | "hub" (see :mod:`dendritic.training.data`); data_dir: the offline data folder.
     """
 
     preset: str = "smoke"
-    model: str = "random"
-    model_overrides: dict = field(default_factory=dict)
-    output_dir: str = "runs/smoke/phase1"
+    output_dir: str = "runs/smoke/phase"
     seed: int = 0
     max_steps: int = 20
     batch_size: int = 8
-    seq_len: int = 64
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    mlm_probability: float = 0.15
-    max_docs: int | None = None  # MLM documents to read (None = all)
-    held_out_fraction: float = 0.02
     logging_steps: int = 5
     save_steps: int = 10
     save_total_limit: int = 2
-    data_source: str = "auto"  # "auto" | "local" | "hub"
+    data_source: str = "auto"
     data_dir: str | None = None
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be > 0 (or -1: train for `epochs`, phase 3), got {self.max_steps}")
-        for name in ("batch_size", "seq_len", "logging_steps", "save_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1), got {self.learning_rate}")
-        if not 0 < self.mlm_probability < 1:
-            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")
-        if self.data_source not in ("auto", "local", "hub"):
-            raise ValueError(f"data_source must be auto, local or hub, got {self.data_source!r}")
+        _check(self.max_steps > 0 or self.max_steps == -1,
+               f"max_steps must be > 0 (or -1: train for `epochs`, phase 3), got {self.max_steps}")
+        for name in ("batch_size", "logging_steps", "save_steps"):
+            _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        _check(0 < self.learning_rate < 1, f"learning_rate must lie in (0, 1), got {self.learning_rate}")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        _check(self.data_source in ("auto", "local", "hub"), f"data_source must be auto, local or hub, got {self.data_source!r}")
 
 
 @dataclass
-class Phase2Config(Phase1Config):
+class MLMConfig(TrainingConfig):
+    """Masked-LM data: documents split by document into train/held-out, then cut into ``seq_len``-token blocks."""
+
+    seq_len: int = 64
+    mlm_probability: float = 0.15
+    max_docs: int | None = None  # MLM documents to read (None = all)
+    held_out_fraction: float = 0.02
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.max_steps > 0, f"max_steps must be > 0 for masked-LM training, got {self.max_steps}")
+        _check(self.seq_len > 2, f"seq_len must be > 2, got {self.seq_len}")
+        _check(0 < self.mlm_probability < 1, f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")
+        _check(0 < self.held_out_fraction < 1, f"held_out_fraction must lie in (0, 1), got {self.held_out_fraction}")
+
+
+@dataclass
+class Phase1Config(MLMConfig):
+    """Phase 1: masked-LM warm-up with dense attention; the policy modules are initialised and frozen.
+
+    model: "random" (a fresh BERT of the preset's shapes), "minilm" (the offline all-MiniLM-L6-v2 package),
+        a local folder or a hub id (e.g. "bert-base-uncased").
+    model_overrides: DendriticConfig fields (block_size, ...) applied on top of the preset.
+    """
+
+    model: str = "random"
+    model_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class PolicyTrainingConfig(TrainingConfig):
+    """What phases 2 and 3 share: a starting checkpoint, the policy's own learning rate and gradient clip, and the
+    sparsity loss λ·(batch-mean keep fraction − budget)² toward ``target_sparsity``.
+
+    init_from: the checkpoint folder to start from (phase 2: phase 1's; phase 3: phase 2's, phase 1's, or
+        "minilm" for the original pretrained weights).
+    collapse_tolerance: |achieved − target| sparsity above which the run is flagged as collapsing.
+    """
+
+    init_from: str = "runs/smoke/phase1"
+    model_overrides: dict = field(default_factory=dict)
+    target_sparsity: float = 0.5
+    policy_learning_rate: float = 1e-3
+    policy_max_grad_norm: float = 0.5
+    sparsity_weight: float = 10.0
+    temperature_end: float = 0.1
+    collapse_tolerance: float = 0.15
+
+    def validate(self) -> None:
+        super().validate()
+        _check(isinstance(self.target_sparsity, (int, float)) and 0 <= self.target_sparsity < 1,
+               f"target_sparsity must lie in [0, 1), got {self.target_sparsity}")
+        _check(self.policy_learning_rate >= 0, f"policy_learning_rate must be >= 0, got {self.policy_learning_rate}")
+        _check(self.temperature_end > 0, f"temperature_end must be > 0, got {self.temperature_end}")
+        _check(self.sparsity_weight >= 0, f"sparsity_weight must be >= 0, got {self.sparsity_weight}")
+
+
+@dataclass
+class Phase2Config(PolicyTrainingConfig, MLMConfig):
     """Phase 2: masked LM + λ(t)·sparsity loss, Gumbel-sigmoid masks annealed soft → hard.
 
-    init_from: the phase-1 output folder.
     λ(t) ramps linearly from 0 to ``sparsity_weight`` over the first ``sparsity_ramp_ratio`` of the steps (a
     curriculum, not a switch).  The temperature decays geometrically from ``temperature_start`` to
     ``temperature_end`` over the run (``anneal = false``: held at ``temperature_start``).  The policy has its own
@@ -78,14 +143,8 @@ class Phase2Config(Phase1Config):
     distill: add KL(dense phase-1 teacher ‖ sparse student) on the MLM logits, weighted ``distill_weight``.
     """
 
-    init_from: str = "runs/smoke/phase1"
-    target_sparsity: float = 0.5
-    policy_learning_rate: float = 1e-3
-    policy_max_grad_norm: float = 0.5
-    sparsity_weight: float = 10.0
     sparsity_ramp_ratio: float = 0.3
     temperature_start: float = 1.0
-    temperature_end: float = 0.1
     anneal: bool = True
     gumbel: bool = True
     gating: bool = True
@@ -95,51 +154,61 @@ class Phase2Config(Phase1Config):
     distill: bool = False
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
-    collapse_tolerance: float = 0.15  # |achieved − target| sparsity above which the run is flagged as collapsing
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.target_sparsity < 1:
-            raise ValueError(f"target_sparsity must lie in [0, 1), got {self.target_sparsity}")
-        if not 0 < self.temperature_end <= self.temperature_start:
-            raise ValueError("temperatures must satisfy 0 < temperature_end <= temperature_start")
-        if self.budget not in ("sensitivity", "uniform"):
-            raise ValueError(f"budget must be 'sensitivity' or 'uniform', got {self.budget!r}")
-        if not 0 <= self.sparsity_ramp_ratio <= 1:
-            raise ValueError(f"sparsity_ramp_ratio must lie in [0, 1], got {self.sparsity_ramp_ratio}")
+        _check(0 < self.temperature_end <= self.temperature_start,
+               "temperatures must satisfy 0 < temperature_end <= temperature_start")
+        _check(self.budget in ("sensitivity", "uniform"), f"budget must be 'sensitivity' or 'uniform', got {self.budget!r}")
+        _check(0 <= self.sparsity_ramp_ratio <= 1, f"sparsity_ramp_ratio must lie in [0, 1], got {self.sparsity_ramp_ratio}")
+        _check(self.sensitivity_batches > 0, f"sensitivity_batches must be > 0, got {self.sensitivity_batches}")
 
 
 @dataclass
-class Phase3Config(Phase2Config):
-    """Phase 3: GLUE fine-tuning of everything from ``init_from`` (the phase-2 folder for ``variant =
-    "dendritic"``, the phase-1 folder for the dense baseline), the sparsity loss held at ``sparsity_weight`` and
+class Phase3Config(PolicyTrainingConfig):
+    """Phase 3: GLUE fine-tuning of everything from ``init_from``, the sparsity loss held at ``sparsity_weight`` and
     the temperature at ``temperature_end``; evaluation uses hard masks.
 
+    variant: "dendritic", "dense" (same model, full attention) or "dsn" (embeddings + mean pooling, no encoder).
     policy: "learned" or an ablation baseline ("random", "static", "training_free").
-    train_samples: subsample of the training split (None = all), deterministic in ``seed``.
+    train_samples / eval_samples: deterministic subsamples (seeded with ``seed``; None or 0 = all).
+    eval_split: "validation" scores on the GLUE dev split (the reported numbers); "train_holdout" trains on the
+        training split minus a fixed ``holdout_fraction`` slice (drawn with ``holdout_seed``, not the run's seed, so
+        every recipe sees the same slice) and scores on that slice — for choosing recipes without looking at dev.
     """
 
     task: str = "wnli"
-    variant: str = "dendritic"  # "dendritic" | "dense" | "dsn" (embeddings + mean pooling, no encoder)
+    variant: str = "dendritic"
     policy: str = "learned"
     epochs: float = 3.0
-    max_steps: int = -1  # -1: run ``epochs``
+    max_steps: int = -1
     train_samples: int | None = None
-    group_by_length: bool = True  # batches of similar length: less padding, same examples
     eval_samples: int | None = None
+    group_by_length: bool = True  # batches of similar length: less padding, same examples
     max_length: int = 128
     eval_batch_size: int = 64
-    sparsity_ramp_ratio: float = 0.0
+    eval_split: str = "validation"
+    holdout_fraction: float = 0.1
+    holdout_seed: int = 1234
 
     def validate(self) -> None:
         super().validate()
-        if self.variant not in ("dendritic", "dense", "dsn"):
-            raise ValueError(f"variant must be 'dendritic', 'dense' or 'dsn', got {self.variant!r}")
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        _check(self.variant in ("dendritic", "dense", "dsn"), f"variant must be 'dendritic', 'dense' or 'dsn', got {self.variant!r}")
+        _check(self.policy in ("learned", "random", "static", "training_free"),
+               f"policy must be one of learned, random, static, training_free; got {self.policy!r}")
+        _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _check(self.max_length > 2, f"max_length must be > 2, got {self.max_length}")
+        _check(self.eval_split in ("validation", "train_holdout"),
+               f"eval_split must be 'validation' or 'train_holdout', got {self.eval_split!r}")
+        _check(0 < self.holdout_fraction < 1, f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
 
 
 PHASES = {1: Phase1Config, 2: Phase2Config, 3: Phase3Config}
+
+
+def default_config_dir() -> Path:
+    """``$DENDRITIC_CONFIG_DIR``, else ``reproduce/configs`` under the working directory."""
+    return Path(os.environ.get("DENDRITIC_CONFIG_DIR", "reproduce/configs"))
 
 
 def _coerce(cls, key: str, value: str):
@@ -153,13 +222,17 @@ def _coerce(cls, key: str, value: str):
         return value  # a bare string
 
 
-def load_phase_config(phase: int, preset: str, overrides: dict | None = None, config_file: str | None = None):
-    """The phase's config: dataclass defaults < ``reproduce/configs/<preset>/phase<N>.toml`` (or ``config_file``)
-    < ``overrides`` (dict of field -> value; strings are parsed as JSON where possible)."""
+def load_phase_config(phase: int, preset: str, overrides: dict | None = None, config_file: str | Path | None = None,
+                      *, config_dir: str | Path | None = None):
+    """The phase's config: dataclass defaults < ``<config_dir>/<preset>/phase<N>.toml`` (or ``config_file``)
+    < ``overrides`` (dict of field -> value; strings are parsed as JSON where possible).  Raises ``ValueError`` for
+    an unknown or invalid setting and ``FileNotFoundError`` for a missing file, before any work starts."""
     cls = PHASES[phase]
-    path = Path(config_file) if config_file else CONFIG_DIR / preset / f"phase{phase}.toml"
+    root = Path(config_dir) if config_dir is not None else default_config_dir()
+    path = Path(config_file) if config_file else root / preset / f"phase{phase}.toml"
     if not path.exists():
-        raise FileNotFoundError(f"no config file {path}; presets with configs: {sorted(p.name for p in CONFIG_DIR.iterdir())}")
+        known = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        raise FileNotFoundError(f"no config file {path}; presets with configs in {root}: {known}")
     values = tomllib.loads(path.read_text())
     values["preset"] = preset
     for key, value in (overrides or {}).items():
@@ -168,9 +241,7 @@ def load_phase_config(phase: int, preset: str, overrides: dict | None = None, co
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown settings {unknown} in {path} / overrides for {cls.__name__}")
-    config = cls(**values)
-    config.validate()
-    return config
+    return cls(**values)
 
 
 def save_resolved(config, output_dir: str | Path) -> Path:

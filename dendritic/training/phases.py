@@ -15,21 +15,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
-from ..baselines import DSNForSequenceClassification
+from .baselines import DSNForSequenceClassification
 from ..budget import allocate_budgets, retarget_budgets, uniform_budgets
 from ..config import PRESETS, DendriticConfig
-from ..modeling import DendriticBertForMaskedLM, DendriticBertForSequenceClassification, from_bert
+from ..modeling import DendriticBertForMaskedLM, DendriticBertForSequenceClassification, base_model, from_bert
 from ..provenance import atomic_write_json, provenance
 from .collators import SeededMLMCollator
 from .config import Phase1Config, Phase2Config, Phase3Config, save_resolved
 from .sensitivity import head_sensitivity
-from .trainer import DendriticTrainer, JsonlLogger, PolicyCallback, base_model
+from .trainer import DendriticTrainer, JsonlLogger, PolicyCallback
 
 # Policy settings a preset fixes (shapes come from the checkpoint when converting a pretrained BERT).
 _POLICY_FIELDS = ("block_size", "scorer_rank")
@@ -46,13 +47,9 @@ def minilm_path() -> str:
 
 def load_tokenizer(model: str):
     """Tokenizer for a model spec.  "random"/"minilm" use the uncased BERT WordPiece vocabulary (identical to
-    bert-base-uncased's), read offline from the MiniLM package when installed."""
-    if model in ("random", "minilm"):
-        try:
-            return AutoTokenizer.from_pretrained(minilm_path())
-        except ImportError:
-            return AutoTokenizer.from_pretrained("bert-base-uncased")
-    return AutoTokenizer.from_pretrained(model)
+    bert-base-uncased's), read offline from the MiniLM package (``ImportError`` naming it when it is missing — no
+    silent trip to the hub; with internet, name the hub id instead, e.g. ``model = "bert-base-uncased"``)."""
+    return AutoTokenizer.from_pretrained(minilm_path() if model in ("random", "minilm") else model)
 
 
 # Where things are, not what they are: a finished run moved with its repository is still the same run.
@@ -110,7 +107,7 @@ def _training_args(cfg, output_dir: Path, *, max_grad_norm: float, **extra) -> T
 
 
 def _mlm_datasets(cfg: Phase1Config, tokenizer):
-    from ..data import load_mlm_text, mlm_blocks, split_held_out
+    from .data import load_mlm_text, mlm_blocks, split_held_out
 
     text = load_mlm_text(cfg.data_dir, source=cfg.data_source, max_docs=cfg.max_docs)
     docs = split_held_out(text, cfg.held_out_fraction, cfg.seed)  # by document: no text on both sides
@@ -265,7 +262,6 @@ def run_phase2(cfg: Phase2Config, *, resume: bool = True) -> dict:
     trainer.add_callback(JsonlLogger(output_dir / "log.jsonl"))
     _train(trainer, output_dir, resume)
     base_model(model).set_temperature(cfg.temperature_end if cfg.anneal else cfg.temperature_start)
-    model.config.gumbel_temperature = base_model(model).dendritic_layers()[0].temperature
     metrics = trainer.evaluate()
     return _finish(trainer, tokenizer, output_dir, started,
                    {"eval": metrics, "collapse_events": guard.collapse_events, "head_budgets": budgets["head_budgets"]})
@@ -275,8 +271,8 @@ def run_phase2(cfg: Phase2Config, *, resume: bool = True) -> dict:
 def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = True) -> dict:
     """GLUE fine-tuning of one task and variant; returns (and writes in done.json) dev metrics, achieved
     sparsity over the dev inputs and the per-example predictions."""
-    from ..data import GLUE_TASKS, load_glue, subsample, tokenize_glue
-    from ..metrics import compute_glue_metrics, compute_metrics_for_trainer, primary_metric
+    from .data import GLUE_TASKS, load_glue, subsample, tokenize_glue
+    from .metrics import compute_glue_metrics, compute_metrics_for_trainer, primary_metric
 
     output_dir = Path(cfg.output_dir)
     if done := _is_done(output_dir, cfg):
@@ -286,9 +282,15 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
     save_resolved(cfg, output_dir)
     torch.manual_seed(cfg.seed)
     task = GLUE_TASKS[cfg.task]
-    tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
+    pretrained = cfg.init_from == "minilm"  # the original pretrained weights, no MLM warm-up
+    tokenizer = load_tokenizer("minilm") if pretrained else AutoTokenizer.from_pretrained(cfg.init_from)
     data = load_glue(cfg.task, cfg.data_dir, source=cfg.data_source)
     train, dev = data["train"], data["validation"]
+    if cfg.eval_split == "train_holdout":  # recipe selection: never look at dev
+        from .data import split_held_out
+
+        parts = split_held_out(train, cfg.holdout_fraction, cfg.holdout_seed)
+        train, dev = parts["train"], parts["held_out"]
     if cfg.train_samples:
         train = subsample(train, cfg.train_samples, cfg.seed)
     if cfg.eval_samples:
@@ -297,18 +299,19 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
 
     dendritic = cfg.variant == "dendritic"
     if cfg.variant == "dsn":
-        model = DSNForSequenceClassification.from_bert_checkpoint(cfg.init_from, task.num_labels)
+        model = DSNForSequenceClassification.from_bert_checkpoint(minilm_path() if pretrained else cfg.init_from, task.num_labels)
     else:
-        model = DendriticBertForSequenceClassification.from_pretrained(
-            cfg.init_from, num_labels=task.num_labels, dendritic=dendritic, policy=cfg.policy,
-            problem_type="regression" if task.num_labels == 1 else "single_label_classification",
-            **cfg.model_overrides,
-        )
-    if dendritic:  # the phase-2 budgets, moved to this run's target if it differs (trade-off runs)
-        L, H = model.config.num_hidden_layers, model.config.num_attention_heads
-        budgets = model.config.head_budgets or uniform_budgets(L, H, model.config.target_sparsity)
-        base_model(model).set_head_budgets(retarget_budgets(budgets, cfg.target_sparsity))
-        model.config.target_sparsity = cfg.target_sparsity
+        head = dict(num_labels=task.num_labels, dendritic=dendritic, policy=cfg.policy,
+                    problem_type="regression" if task.num_labels == 1 else "single_label_classification",
+                    **cfg.model_overrides)
+        if pretrained:
+            policy = {k: v for k, v in PRESETS[cfg.preset].items() if k in _POLICY_FIELDS}
+            model = from_bert(minilm_path(), head="sequence_classification", **{**policy, **head})
+        else:
+            model = DendriticBertForSequenceClassification.from_pretrained(cfg.init_from, **head)
+    if dendritic:  # the starting checkpoint's budgets, moved to this run's target if it differs (trade-off runs)
+        base = base_model(model)
+        base.set_head_budgets(retarget_budgets(base.head_budgets.tolist(), cfg.target_sparsity))
 
     epochs_args = {"num_train_epochs": cfg.epochs} if cfg.max_steps == -1 else {}
     args = _training_args(cfg, output_dir, max_grad_norm=0.0 if dendritic else cfg.max_grad_norm,
@@ -339,6 +342,7 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
         "policy_parameters": sum(p.numel() for p in base_model(model).policy_parameters()) if cfg.variant != "dsn" else 0,
         "target_sparsity": cfg.target_sparsity if dendritic else 0.0, **evaluation,
         "train_examples": len(tokenized["train"]), "dev_examples": len(tokenized["validation"]),
+        "eval_split": cfg.eval_split,
     }
     if save_model:
         return _finish(trainer, tokenizer, output_dir, started, result)
@@ -381,13 +385,16 @@ def evaluate_glue(model, dataset, tokenizer, batch_size: int) -> dict:
     }
 
 
-def run_all(preset: str, output_dir: str, task: str = "wnli", overrides: dict | None = None, resume: bool = True) -> dict:
+def run_all(preset: str, output_dir: str, task: str = "wnli", overrides: dict | None = None, resume: bool = True,
+            config_dir: str | Path | None = None) -> dict:
     """Phases 1, 2 and 3 in order under ``output_dir/phase{1,2,3}``."""
     from .config import load_phase_config
 
     out = Path(output_dir)
     overrides = overrides or {}
-    c1 = load_phase_config(1, preset, {**overrides.get(1, {}), "output_dir": str(out / "phase1")})
-    c2 = load_phase_config(2, preset, {**overrides.get(2, {}), "output_dir": str(out / "phase2"), "init_from": str(out / "phase1")})
-    c3 = load_phase_config(3, preset, {**overrides.get(3, {}), "output_dir": str(out / "phase3"), "init_from": str(out / "phase2"), "task": task})
+    load = partial(load_phase_config, preset=preset, config_dir=config_dir)
+    c1 = load(1, overrides={**overrides.get(1, {}), "output_dir": str(out / "phase1")})
+    c2 = load(2, overrides={**overrides.get(2, {}), "output_dir": str(out / "phase2"), "init_from": str(out / "phase1")})
+    c3 = load(3, overrides={**overrides.get(3, {}), "output_dir": str(out / "phase3"), "init_from": str(out / "phase2"),
+                            "task": task})
     return {"phase1": run_phase1(c1, resume=resume), "phase2": run_phase2(c2, resume=resume), "phase3": run_phase3(c3, resume=resume)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .trainer import base_model
+from ..modeling import base_model
 
 
 @torch.no_grad()
@@ -14,26 +14,26 @@ def head_sensitivity(model, batches: list[dict], target_sparsity: float, *, prog
     """(num_layers, num_heads) loss increase per head.  ``batches`` hold input_ids/attention_mask/labels with
     fixed MLM masking (so every evaluation sees the same tokens).  The model is left as it was."""
     base = base_model(model)
-    cfg = base.config
-    L, H = cfg.num_hidden_layers, cfg.num_attention_heads
-    saved = (cfg.dendritic, cfg.head_budgets, model.training)
-    cfg.dendritic = True
+    if not base.config.dendritic:
+        raise ValueError("head sensitivity needs a model built with dendritic=True (its policy prunes the heads)")
+    L, H = base.head_budgets.shape
+    saved_budgets, was_training = base.head_budgets.clone(), model.training
     model.eval()
 
-    def loss_with(budgets) -> float:
-        cfg.head_budgets = budgets
+    def loss_with(budgets: torch.Tensor) -> float:
+        base.set_head_budgets(budgets)
         return sum(float(model(**b).loss) for b in batches) / len(batches)
 
-    zeros = [[0.0] * H for _ in range(L)]
+    zeros = torch.zeros(L, H)
     try:
         reference = loss_with(zeros)
         out = torch.zeros(L, H)
         cells = [(layer, head) for layer in range(L) for head in range(H)]
         for layer, head in tqdm(cells, desc="head sensitivity", disable=not progress):
-            budgets = [row[:] for row in zeros]
-            budgets[layer][head] = target_sparsity
+            budgets = zeros.clone()
+            budgets[layer, head] = target_sparsity
             out[layer, head] = loss_with(budgets) - reference
     finally:
-        cfg.dendritic, cfg.head_budgets = saved[0], saved[1]
-        model.train(saved[2])
+        base.set_head_budgets(saved_budgets)
+        model.train(was_training)
     return out

@@ -24,13 +24,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..modeling import DendriticBertModel
-
-
-def base_model(model) -> DendriticBertModel:
-    """The DendriticBertModel inside a task model (or a DDP wrapper of one)."""
-    model = getattr(model, "module", model)  # DDP
-    return model if isinstance(model, DendriticBertModel) else model.bert
+from ..modeling import base_model
 
 
 def temperature_at(step: int, total: int, start: float, end: float, anneal: bool) -> float:
@@ -152,7 +146,7 @@ class DendriticTrainer(Trainer):
         model = getattr(self.model, "module", self.model)
         if not is_eval and getattr(model.config, "dendritic", False):  # dense/DSN runs have no policy schedules
             logs["sparsity_weight"] = self.sparsity_weight
-            logs["temperature"] = base_model(self.model).dendritic_layers()[0].temperature
+            logs["temperature"] = base_model(self.model).temperature
         super().log(logs, start_time)
 
 

@@ -7,8 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .common import Output, is_num, load_json, pct, pm, require, task_key, task_label
-from .glue import max_length
+from .common import Output, grid_tasks, is_num, load_json, max_length, pct, pm, require, task_key, task_label
 
 VARIANTS = ["full", "random", "static", "training_free", "no_gating", "uniform_budget", "no_gumbel", "no_anneal",
             "no_phase2", "distill"]
@@ -16,15 +15,6 @@ LABEL = {"full": "full DendriticBERT", "random": "random mask", "static": "stati
          "training_free": "training-free top-k", "no_gating": "no gating", "uniform_budget": "uniform budget",
          "no_gumbel": "no Gumbel noise", "no_anneal": "no annealing", "no_phase2": "no phase 2",
          "distill": "+ distillation"}
-
-
-def grid_tasks(data: dict) -> list[str]:
-    """The ablation grid's tasks (recorded by the runner; the plan's ``wide`` extra tasks are the wide table's).
-    Older summaries without the record: the tasks where at least two ablated variants ran."""
-    if isinstance(data.get("grid_tasks"), list):
-        return sorted(data["grid_tasks"], key=task_key)
-    ablated = [v for v, e in data.items() if v not in ("dense", "full") and isinstance(e, dict)]
-    return sorted({t for v in ablated for t in data[v] if sum(t in data[u] for u in ablated) >= 2}, key=task_key)
 
 
 def _load(out: Output, what: str):

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,3 +223,31 @@ def require(out: Output, what: str, *paths: Path) -> bool:
 
 
 Figure = Callable[[Output], None]
+
+
+# -- shared by the GLUE and ablation figures ----------------------------------------------------------------------
+RUN_NAME = re.compile(r"^(dense|dendritic|dsn)-seed(\d+)$")
+VARIANTS = ("dense", "dendritic", "dsn")
+
+
+def run_files(glue: Path, variants: tuple[str, ...] = VARIANTS) -> list[Path]:
+    return [f for f in sorted(glue.glob("*/*.json")) if (m := RUN_NAME.match(f.stem)) and m.group(1) in variants]
+
+
+def setting_text(values: list) -> str:
+    vals = sorted({str(v) for v in values if v is not None})
+    return "/".join(vals) if vals else "?"
+
+
+def max_length(glue: Path) -> str:
+    """The fine-tuning max length of the GLUE runs (resolved_config.max_length), "?" when no run file exists."""
+    return setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in run_files(glue)[:50]])
+
+
+def grid_tasks(data: dict) -> list[str]:
+    """The ablation grid's tasks (recorded by the runner; the plan's ``wide`` extra tasks are the wide table's).
+    Older summaries without the record: the tasks where at least two ablated variants ran."""
+    if isinstance(data.get("grid_tasks"), list):
+        return sorted(data["grid_tasks"], key=task_key)
+    ablated = [v for v, e in data.items() if v not in ("dense", "full") and isinstance(e, dict)]
+    return sorted({t for v in ablated for t in data[v] if sum(t in data[u] for u in ablated) >= 2}, key=task_key)

@@ -4,7 +4,6 @@ sparsity trade-off and the per-input sparsity (gating at work).  Inputs: ``glue/
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,20 +12,24 @@ import seaborn as sns
 
 from .common import (
     METRIC_LABEL,
+    RUN_NAME,
     VARIANT_COLOR,
+    VARIANTS,
     Output,
+    grid_tasks,
     human,
     is_num,
     load_json,
+    max_length,
     pct,
     pm,
     require,
+    run_files,
+    setting_text,
     task_key,
     task_label,
 )
 
-RUN_NAME = re.compile(r"^(dense|dendritic|dsn)-seed(\d+)$")
-VARIANTS = ("dense", "dendritic", "dsn")
 VARIANT_LABEL = {"dense": "dense (same model, full attention)", "dendritic": "DendriticBERT",
                  "dsn": "DSN (embeddings + mean pooling, no encoder)"}
 
@@ -41,10 +44,6 @@ def load_runs(glue: Path) -> dict[str, dict[str, dict[int, dict]]]:
     return runs
 
 
-def run_files(glue: Path, variants: tuple[str, ...] = VARIANTS) -> list[Path]:
-    return [f for f in sorted(glue.glob("*/*.json")) if (m := RUN_NAME.match(f.stem)) and m.group(1) in variants]
-
-
 def task_tasks(summary: dict) -> list[str]:
     return sorted((t for t, v in summary.items() if isinstance(v, dict) and "dense_mean" in v), key=task_key)
 
@@ -55,18 +54,8 @@ def _settings(runs: dict, task: str) -> dict:
     return recs[0].get("resolved_config", {}) if recs else {}
 
 
-def _setting_text(values: list) -> str:
-    vals = sorted({str(v) for v in values if v is not None})
-    return "/".join(vals) if vals else "?"
-
-
-def max_length(glue: Path) -> str:
-    """The fine-tuning max length of the GLUE runs (resolved_config.max_length), "?" when no run file exists."""
-    return _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in run_files(glue)[:50]])
-
-
 def _block_sizes(summary: dict, tasks: list[str]) -> str:
-    return _setting_text([summary[t].get("block_size") for t in tasks])
+    return setting_text([summary[t].get("block_size") for t in tasks])
 
 
 # -- Table 1 -------------------------------------------------------------------------------------------------------
@@ -108,12 +97,12 @@ def table1(out: Output) -> None:
                          a.get("sparsity_mean"), None, None, None, "", None, None, None])
 
     cfgs = {t: _settings(runs, t) for t in tasks}
-    presets = _setting_text([c.get("preset") for c in cfgs.values()])
+    presets = setting_text([c.get("preset") for c in cfgs.values()])
     # Phase 3 starts from the preset's phase-1/2 checkpoints; its own `model` field is unused, so name the model
     # by preset.
     names = {"smoke": "tiny random BERT", "small": "MiniLM-L6 (all-MiniLM-L6-v2)", "paper": "bert-base-uncased"}
-    models = _setting_text([names.get(c.get("preset"), c.get("preset")) for c in cfgs.values()])
-    max_len = _setting_text([c.get("max_length") for c in cfgs.values()])
+    models = setting_text([names.get(c.get("preset"), c.get("preset")) for c in cfgs.values()])
+    max_len = setting_text([c.get("max_length") for c in cfgs.values()])
     train_desc = "; ".join(
         f"{task_label(t)} {(cfgs[t].get('train_samples') or 'all') if cfgs[t] else '?'}"
         f" train ex. × {cfgs[t].get('epochs', '?')} epochs" for t in tasks)
@@ -237,14 +226,13 @@ def tradeoff(out: Output) -> None:
     if ablations:
         sources.append(abl_path)
     trade_runs = sorted(glue.glob("*/tradeoff-*.json"))
-    block = _setting_text([load_json(f).get("block_size") for f in trade_runs]) if trade_runs else \
+    block = setting_text([load_json(f).get("block_size") for f in trade_runs]) if trade_runs else \
         (_block_sizes(summary, task_tasks(summary)) if summary else "?")
-    max_len = _setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in trade_runs]) \
+    max_len = setting_text([load_json(f).get("resolved_config", {}).get("max_length") for f in trade_runs]) \
         if trade_runs else max_length(glue)
     tasks = sorted({r["task"] for r in rows} | {r["task"] for r in sweep}, key=task_key)
     # Ablation points (and their dense line) only where the grid ran: a wide variant's other tasks use other seeds
     # than the trade-off runs' seed 0.
-    from .ablations import grid_tasks
     on_grid = set(grid_tasks(ablations)) if ablations else set()
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 5.6), squeeze=False)
     for ax, t in zip(axes[0], tasks):

@@ -210,7 +210,7 @@ def table_latency(out: Output) -> None:
               csv_header=cols, csv_rows=csv_rows)
 
 
-# -- kernel efficiency (bench_kernels.py) --------------------------------------------------------------------------
+# -- kernel efficiency (reproduce.bench.kernels) --------------------------------------------------------------------------
 def _kernels(out: Output, what: str):
     path = out.results / "kernels" / "summary.json"
     if not require(out, what, path):

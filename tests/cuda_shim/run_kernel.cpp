@@ -2,7 +2,7 @@
 // tests/test_cuda_shim.py loads with ctypes.  The kernel source is included unmodified.
 #include "cuda_shim.h"
 
-#include "../../cuda/block_sparse_attention.cu"
+#include "../../dendritic/kernels/cuda/block_sparse_attention.cu"
 
 namespace {
 

@@ -1,0 +1,89 @@
+"""Run an experiment plan and compare its fresh results with the committed reference.
+
+    python -m reproduce glue --preset small                  # Table 1: every missing run, then the comparison
+    python -m reproduce glue --quick --tasks wnli            # smoke preset, minutes; must match its reference exactly
+    python -m reproduce glue --tradeoff                      # also the accuracy–sparsity trade-off runs
+    python -m reproduce ablations --variants static no_gumbel
+    python -m reproduce diagnostics --runs dense_from_phase2
+    python -m reproduce recipes --tasks rte                  # dense recipes scored on held-out training data
+    python -m reproduce glue --reuse                         # continue the committed results in place (no comparison)
+    python -m reproduce glue --reuse --summary-only          # rebuild the committed summaries from their result files
+
+Fresh results go to ``<run-dir>/results/<plan>/`` (run folder default ``runs/<preset>``; a rerun resumes there) and
+end with a table comparing every result with ``reproduce/results/...`` (``…/quick/...`` for ``--quick``), written to
+``<run-dir>/results/<plan>/comparison.json``; the exit status is 1 when a cell lies outside its tolerance
+(:mod:`reproduce.compare`).  ``--reuse`` writes into the committed results instead, skipping finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dendritic.provenance import atomic_write_json
+
+from .compare import compare, format_table
+from .paths import CONFIGS, reference_results, relative
+from .plans import PLAN_KINDS, Selection, load_plan
+from .runner import execute, write_summaries
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", choices=list(PLAN_KINDS), help="which plan of reproduce/configs/<preset>/ to run")
+    p.add_argument("--preset", default="small", choices=["smoke", "small", "paper"],
+                   help="small: MiniLM-L6, offline (default); smoke: a tiny random BERT (tests); paper: BERT-base, hub + GPU")
+    p.add_argument("--quick", action="store_true", help="the smoke preset (same as --preset smoke): minutes")
+    p.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: the plan's)")
+    p.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: the plan's)")
+    p.add_argument("--variants", nargs="*", default=None, help="glue: dense/dendritic/dsn; ablations: variant names")
+    p.add_argument("--runs", nargs="*", default=None, help="diagnostics: names of the plan's runs (default: all)")
+    p.add_argument("--tradeoff", action="store_true", help="glue: also the accuracy–sparsity trade-off runs")
+    p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and fresh results (default: runs/<preset>)")
+    p.add_argument("--reuse", action="store_true",
+                   help="results go to the committed reproduce/results tree, finished runs are kept (no comparison)")
+    p.add_argument("--summary-only", action="store_true", help="rebuild the summaries from the result files; train nothing")
+    p.add_argument("--no-compare", action="store_true", help="skip the comparison with the committed reference")
+    p.add_argument("--config-dir", type=Path, default=CONFIGS, help="plans and phase configs (default: reproduce/configs)")
+    args = p.parse_args(argv)
+    if args.quick:
+        if args.preset not in ("small", "smoke"):
+            p.error("--quick is the smoke preset; do not combine it with --preset paper")
+        args.preset = "smoke"
+    if args.runs and args.plan != "diagnostics":
+        p.error("--runs applies to the diagnostics plan only")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = load_plan(args.plan, args.preset, args.config_dir)  # a bad plan fails here, before any work
+    sel = Selection(tasks=args.tasks, seeds=args.seeds, variants=args.variants, names=args.runs, tradeoff=args.tradeoff)
+    plan.runs(sel)  # a bad selection (unknown task, variant, run) fails here too
+    if args.preset == "smoke":  # one thread: float reductions in one order, so the quick reference matches exactly
+        import torch
+
+        torch.set_num_threads(1)
+    run_dir = args.run_dir or Path("runs") / args.preset
+    reference = reference_results(args.preset)
+    results_root = reference if args.reuse else run_dir / "results"
+    if args.summary_only:
+        write_summaries(plan, results_root, sel)
+        print(f"summaries rebuilt in {relative(results_root / plan.kind)}")
+        return 0
+    counts = execute(plan, sel, preset=args.preset, run_dir=run_dir, results_root=results_root,
+                     config_dir=args.config_dir)
+    print(f"\n{plan.kind}: {counts['trained']} trained, {counts['reused']} reused, {counts['skipped']} skipped (no data)")
+    if args.reuse or args.no_compare:
+        return 0
+    result = compare(results_root / plan.kind, reference / plan.kind, exact=args.preset == "smoke")
+    atomic_write_json(results_root / plan.kind / "comparison.json", result)
+    print(f"\nComparison with the committed reference ({relative(reference / plan.kind)}):")
+    print(format_table(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

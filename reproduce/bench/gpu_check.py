@@ -1,0 +1,340 @@
+"""Every GPU check in one unattended run: any CUDA machine runs ``python -m reproduce.bench.gpu_check``
+(``nox -s gpu_check``).
+
+1. the ``gpu``-marked tests (pytest), pass/fail counts;
+2. correctness of the "cupy" backend against an fp64 reference on a grid of dtypes, head dims, block sizes, lengths;
+3. a timing table — the package's backends as the model calls them (``block_sparse_attention(..., backend=...)``:
+   "cupy" and "flex", the latter torch.compile'd FlexAttention with the same BlockMask) vs SDPA (dense) vs eager
+   dense (materialised n x n) — over n, sparsity, dtype and batch, with CUDA events, warm-up and medians,
+   and the efficiency (1 - s) * T_sdpa / T_cupy (1.0 = the block-sparse kernel turns skipped blocks into time
+   saved exactly as fast as dense SDPA computes the kept ones);
+4. one JSON with provenance, written atomically (and copied to ``$OUT`` when that is set).
+
+Everything is bounded by ``--budget-s``: the timing grid runs cheapest first and skips what would not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from dendritic.bench import cuda_median_ms, eager_attention
+from dendritic.provenance import atomic_write_json
+from dendritic.provenance import provenance as base_provenance
+
+from ..paths import REPO, RESULTS
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=RESULTS / "gpu" / "summary.json")
+    p.add_argument("--budget-s", type=float, default=330.0, help="wall-clock budget for the whole script (s)")
+    p.add_argument("--test-timeout-s", type=float, default=120.0, help="limit for the pytest run (s)")
+    p.add_argument("--skip-tests", action="store_true", help="skip step 1 (the gpu-marked tests)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.75, 0.9])
+    p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=list(DTYPES))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--max-call-s", type=float, default=0.5, help="skip a backend whose single call exceeds this")
+    p.add_argument("--eager-max-gb", type=float, default=24.0, help="skip eager when its n x n tensors exceed this")
+    p.add_argument("--backends", nargs="+", default=["cupy", "flex", "sdpa", "eager"])
+    return p.parse_args(argv)
+
+
+# -- provenance ------------------------------------------------------------------------------------------------------
+
+
+def _run(cmd) -> str:
+    try:
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=20, cwd=REPO).stdout.strip()
+    except Exception as e:  # noqa: BLE001 — provenance is best effort, recorded as such
+        return f"unavailable ({type(e).__name__})"
+
+
+def provenance() -> dict:
+    """The shared provenance record plus the GPU, CUDA and kernel-source facts the timings depend on."""
+    from dendritic.kernels.cupy_backend import CUDA_DIR, SOURCE
+
+    info = {
+        **base_provenance(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "kernel_sha256": hashlib.sha256((CUDA_DIR / SOURCE).read_bytes()).hexdigest(),
+        "nvidia_smi": _run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"]
+        ),
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["sm"] = f"{p.major}.{p.minor}"
+        info["multiprocessors"] = p.multi_processor_count
+        info["memory_gib"] = round(p.total_memory / 2**30, 1)
+    try:
+        import cupy
+
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        info["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+        info["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    except Exception as e:  # noqa: BLE001
+        info["cupy"] = f"unavailable: {e}"
+    return info
+
+
+# -- 1. gpu-marked tests ---------------------------------------------------------------------------------------------
+
+
+def run_gpu_tests(timeout_s: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+               "--continue-on-collection-errors", str(REPO / "tests")]  # fmt: skip
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+            rc, log = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as e:
+            rc, log = (
+                "timeout",
+                (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout),
+            )
+        result = {"returncode": rc, "wall_s": round(time.perf_counter() - t0, 1), "log_tail": log[-4000:]}
+        if xml.is_file():
+            suite = ET.parse(xml).getroot()
+            suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+            counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+            counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+            result.update(counts)
+            result["failed_tests"] = [
+                f"{case.get('classname')}::{case.get('name')}"
+                for case in suite.iter("testcase")
+                if case.find("failure") is not None or case.find("error") is not None
+            ]
+    return result
+
+
+# -- 2. correctness grid ---------------------------------------------------------------------------------------------
+
+
+def correctness_grid() -> list[dict]:
+    from dendritic.kernels.checks import check_against_fp64, make_case
+
+    rows = []
+    for dtype_name in ("fp32", "fp16", "bf16"):
+        for d in (32, 64, 128):
+            for bs in (16, 32, 64):
+                for n, kf, pad in ((97, 0.3, 0.3), (1025, 0.6, 0.0), (2000, 1.0, 0.2)):
+                    case = make_case(2, 4, n, d, bs, kf, dtype=DTYPES[dtype_name], pad_frac=pad, seed=n + d + bs)
+                    e = check_against_fp64(*case, bs)
+                    ok = e["all_finite"] and e["err"] <= e["allowed"] and e["lse_err"] <= 1e-3 and e["lse_empty_ok"]
+                    errs = {k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in e.items()}
+                    rows.append(
+                        {"dtype": dtype_name, "d": d, "block": bs, "n": n, "keep": kf, "pad": pad, "ok": ok, **errs}
+                    )
+    return rows
+
+
+# -- 3. timing -------------------------------------------------------------------------------------------------------
+
+
+def timing_table(args, deadline: float) -> list[dict]:
+    import torch.nn.functional as F
+
+    from dendritic.kernels import block_sparse_attention
+    from dendritic.kernels.layout import dense_to_block_mask, random_block_mask
+
+    H, d, bs = args.heads, args.head_dim, args.block_size
+    scale = d**-0.5
+    rows, slow = [], {}  # slow: backend -> smallest work B*n*n at which one call exceeded max_call_s
+    combos = [(B, dt, n) for dt in args.dtypes for B in args.batches for n in sorted(args.lengths)]
+    for B, dtype_name, n in combos:
+        dtype = DTYPES[dtype_name]
+        nb = -(-n // bs)
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(B, H, n, d, generator=g).to("cuda", dtype) for _ in range(3))
+        dense_ms = {}
+        for sparsity in args.sparsities:
+            if time.perf_counter() > deadline:
+                rows.append(
+                    {"B": B, "dtype": dtype_name, "n": n, "target_sparsity": sparsity, "skipped": "time budget"}
+                )
+                continue
+            keep = random_block_mask(B, H, nb, 1.0 - sparsity, generator=g)  # (B, H, nb, nb) incl. the floor
+            kv_num_blocks, kv_indices = (t.cuda() for t in dense_to_block_mask(keep))
+            achieved = round(1.0 - keep.float().mean().item(), 4)
+            row = {"B": B, "H": H, "d": d, "block": bs, "dtype": dtype_name, "n": n, "target_sparsity": sparsity,
+                   "achieved_sparsity": achieved, "ms": {}, "notes": {}}  # fmt: skip
+            backend = partial(block_sparse_attention, q, k, v, kv_num_blocks, kv_indices, block_size=bs,
+                              key_padding_mask=None, scale=scale)
+            fns = {
+                "cupy": partial(backend, backend="cupy"),  # the package's backends, as the model calls them
+                "sdpa": partial(F.scaled_dot_product_attention, q, k, v, scale=scale),
+                "eager": partial(eager_attention, q, k, v, scale),
+            }
+            if "flex" in args.backends:
+                fns["flex"] = partial(backend, backend="flex")
+                try:
+                    fns["flex"]()  # compiles for this shape, outside the timing
+                except Exception as e:  # noqa: BLE001 — recorded, never replaced by another backend
+                    row["notes"]["flex"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+                    fns.pop("flex", None)
+            # Correctness before timing: cupy against flex (same BlockMask) and, when dense, against SDPA.
+            checks = [("flex", "flex")] if "flex" in fns else []
+            checks += [("sdpa", "sdpa")] if keep.all() else []
+            for label, other in checks:
+                try:
+                    diff = (fns["cupy"]().float() - fns[other]().float()).abs().max().item()
+                    row[f"max_abs_diff_cupy_{label}"] = float(f"{diff:.3g}")
+                except Exception as e:  # noqa: BLE001
+                    row["notes"][f"check_{label}"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+            for name in args.backends:
+                if name not in fns:
+                    continue
+                if name in ("sdpa", "eager") and name in dense_ms:  # dense baselines ignore the mask: time once
+                    row["ms"][name] = dense_ms[name]
+                    continue
+                if name == "eager" and 3 * B * H * n * n * q.element_size() > args.eager_max_gb * 2**30:
+                    row["notes"][name] = "skipped: n x n tensors over --eager-max-gb"
+                    continue
+                if name in slow and slow[name] <= B * n * n:
+                    row["notes"][name] = f"skipped: a smaller shape already took over {args.max_call_s}s per call"
+                    continue
+                if time.perf_counter() > deadline:
+                    row["notes"][name] = "skipped: time budget"
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    fns[name]()
+                    torch.cuda.synchronize()
+                    if name != "flex" and time.perf_counter() - t0 > args.max_call_s:
+                        slow[name] = B * n * n
+                    ms = cuda_median_ms(fns[name], warmup=args.warmup, repeats=args.repeats)
+                    row["ms"][name] = round(ms, 4)
+                    if name in ("sdpa", "eager"):
+                        dense_ms[name] = row["ms"][name]
+                    if ms / 1e3 > args.max_call_s:
+                        slow[name] = min(slow.get(name, B * n * n), B * n * n)
+                except torch.cuda.OutOfMemoryError:
+                    row["notes"][name] = "skipped: out of memory"
+                    torch.cuda.empty_cache()
+                except Exception as e:  # noqa: BLE001
+                    row["notes"][name] = f"error: {type(e).__name__}: {str(e)[:300]}"
+            ms, s = row["ms"], row["achieved_sparsity"]
+            if "cupy" in ms and "sdpa" in ms:
+                row["efficiency_cupy"] = round((1 - s) * ms["sdpa"] / ms["cupy"], 4)
+                row["speedup_cupy_vs_sdpa"] = round(ms["sdpa"] / ms["cupy"], 4)
+            if "flex" in ms and "sdpa" in ms:
+                row["efficiency_flex"] = round((1 - s) * ms["sdpa"] / ms["flex"], 4)
+            flops = 4 * B * H * n * n * d * (1 - s)  # kept QK^T and PV multiply-adds x 2
+            if "cupy" in ms:
+                row["cupy_tflops"] = round(flops / (ms["cupy"] * 1e-3) / 1e12, 2)
+            rows.append(row)
+            print(_format_row(row), flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _format_row(r: dict) -> str:
+    if "skipped" in r:
+        return f"B={r['B']} {r['dtype']} n={r['n']:>5} s={r['target_sparsity']:.2f}  skipped: {r['skipped']}"
+    ms = r["ms"]
+
+    def cell(name):
+        return f"{ms[name]:9.3f}" if name in ms else f"{'-':>9}"
+
+    return (
+        f"B={r['B']} {r['dtype']} n={r['n']:>5} s={r['achieved_sparsity']:.2f}"
+        f"  cupy {cell('cupy')}  flex {cell('flex')}  sdpa {cell('sdpa')}  eager {cell('eager')} ms"
+        f"  eff_cupy {r.get('efficiency_cupy', '-')}"
+        f"  eff_flex {r.get('efficiency_flex', '-')}"
+    )
+
+
+# -- 4. output -------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    deadline = t_start + args.budget_s
+    summary = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "provenance": provenance(),
+    }
+
+    def save():
+        summary["wall_s"] = round(time.perf_counter() - t_start, 1)
+        atomic_write_json(args.out, summary)
+        if os.environ.get("OUT") and Path(os.environ["OUT"]).resolve() != args.out.parent.resolve():
+            shutil.copy(args.out, Path(os.environ["OUT"]) / "summary.json")
+
+    if not torch.cuda.is_available():  # nothing measured: no result file (the committed one stays as it is)
+        print("no CUDA device: nothing to check", file=sys.stderr)
+        return 2
+    steps = [("correctness", correctness_grid)]
+    if not args.skip_tests:
+        steps.insert(
+            0, ("tests", lambda: run_gpu_tests(min(args.test_timeout_s, max(10.0, deadline - time.perf_counter()))))
+        )
+    steps.append(("timing", lambda: timing_table(args, deadline - 5.0)))
+    for name, step in steps:
+        t0 = time.perf_counter()
+        try:
+            summary[name] = step()
+        except Exception:  # noqa: BLE001 — one broken step must not lose the others' results
+            summary[name] = {"error": traceback.format_exc()[-3000:]}
+        summary[f"{name}_wall_s"] = round(time.perf_counter() - t0, 1)
+        print(f"[{name}] done in {summary[f'{name}_wall_s']} s", flush=True)
+        save()
+
+    tests = summary.get("tests", {})
+    corr = summary.get("correctness", [])
+    n_ok = sum(r["ok"] for r in corr) if isinstance(corr, list) else 0
+    print("\n=== summary ===")
+    if tests:
+        print(f"gpu tests: {tests.get('passed')} passed, {tests.get('failures')} failed, {tests.get('errors')} errors, "
+              f"{tests.get('skipped')} skipped (rc {tests.get('returncode')})")  # fmt: skip
+    if isinstance(corr, list):
+        worst = max(corr, key=lambda r: r["err"] / r["allowed"]) if corr else None
+        print(
+            f"correctness: {n_ok}/{len(corr)} ok; worst err/allowed {worst['err'] / worst['allowed']:.3f} {worst}"
+            if worst
+            else ""
+        )
+    else:
+        print(f"correctness: {corr}")
+    timing = summary.get("timing", [])
+    if isinstance(timing, list):
+        for r in timing:
+            print(_format_row(r))
+    else:
+        print(f"timing: {timing}")
+    print(f"wrote {args.out} in {summary['wall_s']} s")
+    ok = isinstance(corr, list) and n_ok == len(corr) and (not tests or tests.get("returncode") == 0)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Typed experiment plans: a TOML file per (preset, plan kind) → a validated dataclass → a list of :class:`Run`.
+
+Plan kinds (``reproduce/configs/<preset>/<kind>.toml``):
+
+* ``glue``        — dense vs DendriticBERT vs DSN on every task × seed (Table 1), and the accuracy–sparsity
+                     trade-off (learned policy, seed 0, one fine-tuning per target);
+* ``ablations``   — variants of the method at matched sparsity (a variant changes phase 2, phase 3 or both);
+* ``diagnostics`` — single runs, one question each (a changed starting checkpoint, policy or budget);
+* ``recipes``     — dense fine-tuning recipes scored on a held-out slice of the *training* split (never dev).
+
+A :class:`Run` is one phase-3 fine-tuning: its task, seed, variant, mask policy, the checkpoint it starts from
+(``init``: ``"phase1"``, ``"phase2"``, a variant's own phase 2 such as ``"ablations/no_gumbel/phase2"``, or
+``"minilm"`` for the original pretrained weights) and its phase-3 settings.  The checkpoints runs start from are
+:class:`Pretrain` entries of the plan.  Nothing here trains: :mod:`reproduce.runner` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dendritic.training.config import load_phase_config, tomllib
+from dendritic.training.data import get_task
+
+from .paths import CONFIGS
+
+__all__ = ["AblationPlan", "DiagnosticsPlan", "GluePlan", "PLAN_KINDS", "Pretrain", "RecipePlan", "Run", "Selection",
+           "load_plan"]
+
+PHASE1, PHASE2 = "phase1", "phase2"
+PRETRAINED = "minilm"  # the original all-MiniLM-L6-v2 weights (no MLM warm-up)
+
+# Phase-2 settings that leave the budget allocator's measurement unchanged: head sensitivity is measured once,
+# in eval mode (hard masks, no Gumbel noise, no teacher), on the shared phase-1 checkpoint, so these variants
+# reuse the main phase 2's budgets.json instead of spending L*H+1 evaluations to get the same numbers again.
+ALLOCATOR_NEUTRAL = frozenset({"gumbel", "anneal", "temperature_start", "temperature_end", "distill", "distill_weight",
+                               "distill_temperature"})
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """A phase-1 or phase-2 checkpoint that runs start from: ``<run_dir>/<key>``."""
+
+    key: str
+    phase: int
+    overrides: dict = field(default_factory=dict)
+    init: str | None = None  # the key of the checkpoint this one starts from (phase 2: phase 1)
+    budgets_from: str | None = None  # reuse another phase 2's measured budgets (allocator-neutral variants)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One phase-3 fine-tuning and its result file ``<results>/<task>/<name>.json``."""
+
+    task: str
+    name: str
+    variant: str  # dense | dendritic | dsn
+    seed: int
+    init: str  # a Pretrain key or PRETRAINED
+    settings: dict = field(default_factory=dict)  # phase-3 overrides
+    policy: str = "learned"
+    target: float | None = None  # target sparsity, when the run sets its own
+    keep_model: bool = False  # keep the fine-tuned weights (figures, inference sweeps)
+    group: str = ""  # checkpoint folder under the run dir: <run_dir>/<group>/<task>/<name>
+
+    def overrides(self) -> dict:
+        """Phase-3 config fields this run sets (output folders and the starting checkpoint are the runner's)."""
+        out = {**self.settings, "task": self.task, "variant": self.variant, "seed": self.seed, "policy": self.policy}
+        if self.target is not None:
+            out["target_sparsity"] = self.target
+        return out
+
+    def wanted(self) -> dict:
+        """The settings a finished result must have been made with to be reused."""
+        return {**self.settings, **({"target_sparsity": self.target} if self.target is not None else {})}
+
+    def work(self) -> float:
+        """Relative cost (training examples × epochs) for the runner's ETA."""
+        rows = get_task(self.task).hub_num_rows.get("train", 1000)
+        if self.settings.get("eval_split") == "train_holdout":
+            rows = int(rows * (1 - self.settings.get("holdout_fraction", 0.1)))
+        if self.settings.get("train_samples"):
+            rows = min(rows, int(self.settings["train_samples"]))
+        return rows * float(self.settings.get("epochs", 3.0)) * (1.5 if self.variant == "dendritic" else 1.0)
+
+
+@dataclass
+class Selection:
+    """What a command line asks for out of a plan (None = the plan's own)."""
+
+    tasks: list[str] | None = None
+    seeds: list[int] | None = None
+    variants: list[str] | None = None
+    names: list[str] | None = None  # diagnostics: run names
+    tradeoff: bool = False
+
+
+def _read(kind: str, preset: str, config_dir: Path) -> dict:
+    path = config_dir / preset / f"{kind}.toml"
+    if not path.exists():
+        raise FileNotFoundError(f"no {kind} plan for preset {preset!r}: {path} does not exist")
+    return tomllib.loads(path.read_text())
+
+
+def _known(values: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def _check_tasks(tasks, where: str) -> list[str]:
+    for t in tasks:
+        get_task(t)  # ValueError naming the choices for an unknown task
+    return [t.lower() for t in tasks]
+
+
+# -- glue ------------------------------------------------------------------------------------------------------------
+@dataclass
+class GluePlan:
+    """Table 1: ``variants`` × ``tasks`` × ``seeds`` (a task may list its own ``seeds``), each task with its phase-3
+    settings; ``tradeoff``: DendriticBERT at several targets (seed 0; the main target's point is the main run)."""
+
+    preset: str
+    tasks: list[str]
+    seeds: list[int]
+    variants: list[str]
+    task: dict[str, dict]
+    tradeoff_tasks: list[str]
+    tradeoff_targets: list[float]
+    main_target: float
+    kind: str = "glue"
+
+    @classmethod
+    def load(cls, preset: str, config_dir: Path = CONFIGS) -> "GluePlan":
+        raw = _read("glue", preset, config_dir)
+        _known(raw, {"tasks", "seeds", "variants", "task", "tradeoff"}, f"{preset}/glue.toml")
+        variants = list(raw["variants"])
+        bad = set(variants) - {"dense", "dendritic", "dsn"}
+        if bad:
+            raise ValueError(f"{preset}/glue.toml: unknown variants {sorted(bad)} (dense, dendritic, dsn)")
+        trade = raw.get("tradeoff", {})
+        task = {t.lower(): dict(v) for t, v in raw.get("task", {}).items()}
+        for t, settings in task.items():
+            load_phase_config(3, preset, {k: v for k, v in settings.items() if k != "seeds"}, config_dir=config_dir)
+        return cls(preset=preset, tasks=_check_tasks(raw["tasks"], "glue"), seeds=[int(s) for s in raw["seeds"]],
+                   variants=variants, task=task, tradeoff_tasks=_check_tasks(trade.get("tasks", []), "tradeoff"),
+                   tradeoff_targets=[float(x) for x in trade.get("targets", [])],
+                   main_target=load_phase_config(3, preset, config_dir=config_dir).target_sparsity)
+
+    def settings(self, task: str) -> dict:
+        return {k: v for k, v in self.task.get(task, {}).items() if k != "seeds"}
+
+    def task_seeds(self, task: str, seeds: list[int]) -> list[int]:
+        own = self.task.get(task, {}).get("seeds")
+        return [s for s in seeds if own is None or s in own]
+
+    def pretraining(self) -> dict[str, Pretrain]:
+        return {PHASE1: Pretrain(PHASE1, 1), PHASE2: Pretrain(PHASE2, 2, init=PHASE1)}
+
+    def runs(self, sel: Selection) -> list[Run]:
+        tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
+        seeds = sel.seeds if sel.seeds is not None else self.seeds
+        variants = sel.variants or self.variants
+        out = []
+        for seed in sorted(set(seeds)):  # seed by seed: a partial run is a coherent subset
+            for task in tasks:
+                if seed not in self.task_seeds(task, [seed]):
+                    continue
+                for variant in variants:
+                    out.append(Run(task, f"{variant}-seed{seed}", variant, seed,
+                                   PHASE2 if variant == "dendritic" else PHASE1, self.settings(task),
+                                   keep_model=seed == 0 and variant == "dendritic", group="glue"))
+        if sel.tradeoff:
+            for task in (t for t in self.tradeoff_tasks if not sel.tasks or t in tasks):
+                for target in self.tradeoff_targets:
+                    if target == self.main_target:  # that point is the main table's seed-0 run: not trained twice
+                        continue
+                    out.append(Run(task, f"tradeoff-learned-{target}", "dendritic", 0, PHASE2, self.settings(task),
+                                   target=target, group="glue"))
+        return out
+
+    def summary_tasks(self, sel: Selection) -> list[str]:
+        """The summary always covers every task of the plan (a run restricted with --tasks must not drop the
+        others), plus any task asked for outside the plan."""
+        asked = [t.lower() for t in (sel.tasks or [])]
+        return self.tasks + [t for t in asked if t not in self.tasks]
+
+
+# -- ablations -------------------------------------------------------------------------------------------------------
+@dataclass
+class AblationPlan:
+    """Variants at matched sparsity; each differs from the full method in phase 2 (its own phase 2 from the shared
+    phase 1), in phase 3 (``policy``, ``from_phase1`` = no phase 2, other settings), or both.  Phase-3 settings and
+    seeds are the GLUE plan's for the task.  ``wide``: variants also run on further tasks."""
+
+    preset: str
+    tasks: list[str]
+    seeds: list[int]
+    variants: dict[str, dict]
+    static_window: dict[str, int]
+    wide: dict[str, list[str]]
+    glue: GluePlan
+    kind: str = "ablations"
+
+    @classmethod
+    def load(cls, preset: str, config_dir: Path = CONFIGS) -> "AblationPlan":
+        raw = _read("ablations", preset, config_dir)
+        _known(raw, {"tasks", "seeds", "variants", "static_window", "wide"}, f"{preset}/ablations.toml")
+        variants = {name: dict(spec) for name, spec in raw["variants"].items()}
+        for name, spec in variants.items():
+            _known(spec, {"phase2", "phase3"}, f"{preset}/ablations.toml [variants.{name}]")
+            if "phase2" in spec:
+                load_phase_config(2, preset, spec["phase2"], config_dir=config_dir)
+        wide = {v: _check_tasks(ts, "wide") for v, ts in raw.get("wide", {}).items()}
+        unknown = set(wide) - set(variants)
+        if unknown:
+            raise ValueError(f"{preset}/ablations.toml [wide]: unknown variants {sorted(unknown)}")
+        return cls(preset=preset, tasks=_check_tasks(raw["tasks"], "ablations"), seeds=[int(s) for s in raw["seeds"]],
+                   variants=variants, static_window={k.lower(): int(v) for k, v in raw.get("static_window", {}).items()},
+                   wide=wide, glue=GluePlan.load(preset, config_dir))
+
+    def all_tasks(self, sel: Selection) -> list[str]:
+        asked = [t.lower() for t in (sel.tasks or [])]
+        return list(dict.fromkeys([*self.tasks, *(t for ts in self.wide.values() for t in ts), *asked]))
+
+    def phase2_key(self, variant: str) -> str:
+        return f"ablations/{variant}/phase2"
+
+    def pretraining(self) -> dict[str, Pretrain]:
+        out = self.glue.pretraining()
+        for name, spec in self.variants.items():
+            if "phase2" in spec:
+                neutral = set(spec["phase2"]) <= ALLOCATOR_NEUTRAL
+                out[self.phase2_key(name)] = Pretrain(self.phase2_key(name), 2, dict(spec["phase2"]), init=PHASE1,
+                                                      budgets_from=PHASE2 if neutral else None)
+        return out
+
+    def runs(self, sel: Selection) -> list[Run]:
+        variants = sel.variants or list(self.variants)
+        unknown = set(variants) - set(self.variants)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; the plan has {list(self.variants)}")
+        tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
+        todo = [(task, v) for task in tasks for v in variants]
+        if not sel.tasks:
+            todo += [(task, v) for v in variants for task in self.wide.get(v, []) if task not in tasks]
+        seeds = sel.seeds if sel.seeds is not None else self.seeds
+        out = []
+        for seed in seeds:
+            for task in dict.fromkeys(t for t, _ in todo):
+                if seed not in self.glue.task_seeds(task, [seed]):
+                    continue  # the main table's seeds for the task
+                for variant in (v for t, v in todo if t == task):
+                    phase3 = dict(self.variants[variant].get("phase3", {}))
+                    from_phase1 = phase3.pop("from_phase1", False)
+                    policy = phase3.pop("policy", "learned")
+                    model_overrides = dict(phase3.pop("model_overrides", {}))
+                    if policy == "static":
+                        if task not in self.static_window:
+                            raise ValueError(f"ablations: the static variant needs [static_window] {task}")
+                        model_overrides["static_window"] = self.static_window[task]
+                    init = PHASE1 if from_phase1 else (self.phase2_key(variant) if "phase2" in self.variants[variant] else PHASE2)
+                    out.append(Run(task, f"{variant}-seed{seed}", "dendritic", seed, init,
+                                   {**self.glue.settings(task), **phase3, "model_overrides": model_overrides},
+                                   policy=policy, group=f"ablations/{variant}"))
+        return out
+
+
+# -- diagnostics -----------------------------------------------------------------------------------------------------
+@dataclass
+class DiagnosticsPlan:
+    """Single runs, one question each: the main table's settings for the task with one thing changed."""
+
+    preset: str
+    entries: dict[str, dict]
+    glue: GluePlan
+    kind: str = "diagnostics"
+
+    @classmethod
+    def load(cls, preset: str, config_dir: Path = CONFIGS) -> "DiagnosticsPlan":
+        raw = _read("diagnostics", preset, config_dir)
+        _known(raw, {"runs"}, f"{preset}/diagnostics.toml")
+        entries = {name: dict(spec) for name, spec in raw["runs"].items()}
+        for name, spec in entries.items():
+            _known(spec, {"question", "task", "variant", "init", "seeds", "settings", "policy", "reference"},
+                   f"{preset}/diagnostics.toml [runs.{name}]")
+            if spec["variant"] not in ("dense", "dendritic") or spec["init"] not in (PHASE1, PHASE2):
+                raise ValueError(f"diagnostics {name}: variant must be dense or dendritic and init phase1 or phase2")
+            get_task(spec["task"])
+        return cls(preset=preset, entries=entries, glue=GluePlan.load(preset, config_dir))
+
+    def pretraining(self) -> dict[str, Pretrain]:
+        return self.glue.pretraining()
+
+    def runs(self, sel: Selection) -> list[Run]:
+        names = sel.names or list(self.entries)
+        unknown = set(names) - set(self.entries)
+        if unknown:
+            raise ValueError(f"unknown diagnostic runs {sorted(unknown)}; the plan has {list(self.entries)}")
+        out = []
+        for name in names:
+            spec = self.entries[name]
+            settings = {**self.glue.settings(spec["task"]), **spec.get("settings", {})}
+            for seed in sel.seeds if sel.seeds is not None else spec.get("seeds", [0]):
+                out.append(Run(spec["task"], f"{name}-seed{seed}", spec["variant"], seed, spec["init"], settings,
+                               policy=spec.get("policy", "learned"), group=f"diagnostics/{name}"))
+        return out
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------------
+@dataclass
+class RecipePlan:
+    """Dense fine-tuning recipes (learning rate × task settings) scored on a held-out slice of the training split."""
+
+    preset: str
+    tasks: list[str]
+    seeds: list[int]
+    learning_rates: list[float]
+    init: str
+    common: dict
+    task: dict[str, dict]
+    kind: str = "recipes"
+
+    @classmethod
+    def load(cls, preset: str, config_dir: Path = CONFIGS) -> "RecipePlan":
+        raw = _read("recipes", preset, config_dir)
+        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task"}, f"{preset}/recipes.toml")
+        common = dict(raw.get("common", {}))
+        if common.get("eval_split") != "train_holdout":
+            raise ValueError(f"{preset}/recipes.toml: recipes are chosen on held-out training data "
+                             "([common] eval_split = \"train_holdout\"), never on dev")
+        init = raw.get("init", PRETRAINED)
+        if init not in (PRETRAINED, PHASE1):
+            raise ValueError(f"{preset}/recipes.toml: init must be {PRETRAINED!r} or {PHASE1!r}, got {init!r}")
+        task = {t.lower(): dict(v) for t, v in raw.get("task", {}).items()}
+        for t, settings in task.items():
+            load_phase_config(3, preset, {**common, **settings}, config_dir=config_dir)
+        return cls(preset=preset, tasks=_check_tasks(raw["tasks"], "recipes"), seeds=[int(s) for s in raw["seeds"]],
+                   learning_rates=[float(x) for x in raw["learning_rates"]], init=init, common=common, task=task)
+
+    def pretraining(self) -> dict[str, Pretrain]:
+        return {PHASE1: Pretrain(PHASE1, 1)}
+
+    def runs(self, sel: Selection) -> list[Run]:
+        tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
+        seeds = sel.seeds if sel.seeds is not None else self.seeds
+        return [Run(task, f"dense-lr{lr:g}-seed{seed}", "dense", seed, self.init,
+                    {**self.common, **self.task.get(task, {}), "learning_rate": lr}, group="recipes")
+                for task in tasks for lr in self.learning_rates for seed in seeds]
+
+
+PLAN_KINDS = {"glue": GluePlan, "ablations": AblationPlan, "diagnostics": DiagnosticsPlan, "recipes": RecipePlan}
+
+
+def load_plan(kind: str, preset: str, config_dir: Path = CONFIGS):
+    """The validated plan of ``kind`` for ``preset`` (ValueError / FileNotFoundError before any work starts)."""
+    if kind not in PLAN_KINDS:
+        raise ValueError(f"plan kind must be one of {list(PLAN_KINDS)}, got {kind!r}")
+    return PLAN_KINDS[kind].load(preset, config_dir)

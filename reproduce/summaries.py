@@ -1,0 +1,188 @@
+"""Summaries: pure functions of the per-run result files of one plan (rebuilt after every run and by
+``--summary-only``).  Other programs read them: keep their keys.
+
+* :func:`summarise_glue` → ``glue/summary.json``: per task dense/dendritic/dsn mean ± std over the seeds both
+  dense and DendriticBERT have, retention, achieved sparsity, agreement with the dense predictions; GLUE averages.
+* :func:`summarise_tradeoff` → ``glue/tradeoff.json``: one row per trade-off point.
+* :func:`summarise_ablations` → ``ablations/summary.json``: per variant and task, mean ± std over common seeds.
+* :func:`summarise_diagnostics` → ``diagnostics/summary.json``: each question beside its runs.
+* :func:`summarise_recipes` → ``recipes/summary.json``: held-out scores per recipe and the winner per task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dendritic.training.metrics import primary_metric
+
+__all__ = ["summarise_ablations", "summarise_diagnostics", "summarise_glue", "summarise_recipes", "summarise_tradeoff"]
+
+
+# -- glue ------------------------------------------------------------------------------------------------------------
+def _mean_or_none(xs: list[float | None]) -> float | None:
+    """Mean of a list that may hold None (a retention against a dense score of exactly 0, e.g. CoLA's MCC of a
+    one-class model): None rather than a crash or a silently shorter mean."""
+    return float(np.mean(xs)) if xs and all(x is not None for x in xs) else None
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else None  # no spread from one seed
+
+
+def summarise_glue(results: Path, tasks: list[str]) -> dict:
+    """``summary.json`` from the per-run files: per task dense/dendritic/dsn mean ± std over seeds, retention,
+    achieved sparsity over the dev inputs (blocks and token pairs), agreement with the dense predictions."""
+    summary: dict = {}
+    for task in tasks:
+        runs = {f.stem: json.loads(f.read_text()) for f in sorted((results / task).glob("*-seed*.json"))}
+        by = {v: {r["seed"]: r for k, r in runs.items() if k.startswith(f"{v}-seed")} for v in ("dense", "dendritic", "dsn")}
+        # Compare on the seeds both variants have finished (a run in progress must not unbalance the means).
+        paired = set(by["dense"]) & set(by["dendritic"])
+        if not paired:
+            continue
+        by = {v: {s: r for s, r in runs_v.items() if s in paired} for v, runs_v in by.items()}
+        dense_m, dense_s = _mean_std([r["score"] for r in by["dense"].values()])
+        den_m, den_s = _mean_std([r["score"] for r in by["dendritic"].values()])
+        dsn_m, dsn_s = _mean_std([r["score"] for r in by["dsn"].values()])
+        per_input = [x for r in by["dendritic"].values() for x in r["per_input_sparsity"]]
+        pair = [r["pair_sparsity_mean"] for r in by["dendritic"].values()]
+        agreement = [
+            float(np.mean(np.asarray(r["predictions"]) == np.asarray(by["dense"][s]["predictions"])))
+            for s, r in by["dendritic"].items() if s in by["dense"] and task != "stsb"
+        ]
+        summary[task] = {
+            "metric": primary_metric(task),
+            "dense_mean": dense_m, "dense_std": dense_s,
+            "dendritic_mean": den_m, "dendritic_std": den_s,
+            "dsn_mean": dsn_m, "dsn_std": dsn_s,
+            "retention": den_m / dense_m if dense_m else None,
+            "sparsity_mean": float(np.mean(per_input)), "sparsity_std": float(np.std(per_input)),
+            "pair_sparsity_mean": float(np.mean(pair)),
+            "agreement_with_dense": float(np.mean(agreement)) if agreement else None,
+            "seeds": sorted(set(by["dense"]) & set(by["dendritic"])),
+            "block_size": next(iter(by["dendritic"].values()))["block_size"],
+            "train_examples": next(iter(by["dendritic"].values()))["train_examples"],
+            "dev_examples": next(iter(by["dendritic"].values()))["dev_examples"],
+            # Parameters a variant uses: the dense model carries the (unused) policy modules, so they are not counted.
+            "parameters": {v: next(iter(by[v].values()))["parameters"]
+                           - (next(iter(by[v].values())).get("policy_parameters") or 0 if v == "dense" else 0)
+                           for v in by if by[v]},
+            "policy_parameters": next(iter(by["dendritic"].values())).get("policy_parameters"),
+        }
+    done = list(summary)
+    if done:
+        for key, keep in (("average", lambda t: True), ("average_without_wnli", lambda t: t != "wnli")):
+            chosen = [t for t in done if keep(t)]
+            if not chosen:
+                continue
+            dense = float(np.mean([summary[t]["dense_mean"] for t in chosen]))
+            den = float(np.mean([summary[t]["dendritic_mean"] for t in chosen]))
+            summary[key] = {"dense": dense, "dendritic": den, "retention": den / dense if dense else None,
+                            "sparsity_mean": float(np.mean([summary[t]["sparsity_mean"] for t in chosen])),
+                            "tasks": chosen,
+                            "mean_task_retention": _mean_or_none([summary[t]["retention"] for t in chosen])}
+    return summary
+
+
+def summarise_tradeoff(results: Path, tasks: list[str] = ()) -> dict:
+    """Rows of the trade-off runs, plus — for each trade-off task — the main table's seed-0 DendriticBERT run as
+    the point at the main target (the same fine-tuning; ``source`` says which file a row comes from)."""
+    files = sorted(results.glob("*/tradeoff-*.json")) + [f for t in tasks if (f := results / t / "dendritic-seed0.json").exists()]
+    rows = []
+    for f in files:
+        r = json.loads(f.read_text())
+        rows.append({**{k: r[k] for k in ("task", "policy", "target_sparsity", "score", "metric", "sparsity_mean",
+                                          "pair_sparsity_mean", "seed")}, "source": f"{f.parent.name}/{f.name}"})
+    return {"rows": sorted(rows, key=lambda r: (r["task"], r["target_sparsity"]))}
+
+
+# -- ablations -------------------------------------------------------------------------------------------------------
+def _collect(folder: Path, name: str, seeds: set[int] | None = None) -> dict:
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob(f"{name}-seed*.json"))]
+    runs = [r for r in runs if seeds is None or r["seed"] in seeds]
+    if not runs:
+        return {}
+    scores = [r["score"] for r in runs]
+    sp = [r["sparsity_mean"] for r in runs if r.get("sparsity_mean") is not None]
+    pair = [r["pair_sparsity_mean"] for r in runs if r.get("pair_sparsity_mean") is not None]
+    metrics = {k: float(np.mean([r["metrics"][k] for r in runs])) for k in runs[0]["metrics"]
+               if all(k in r["metrics"] for r in runs)}
+    return {"score": float(np.mean(scores)), "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            "metrics": metrics,
+            "sparsity": float(np.mean(sp)) if sp else 0.0, "pair_sparsity": float(np.mean(pair)) if pair else 0.0,
+            "seeds": sorted(r["seed"] for r in runs), "metric": runs[0]["metric"]}
+
+
+def summarise_ablations(results: Path, glue_results: Path, tasks: list[str], variants: list[str],
+              grid_tasks: list[str] | None = None) -> dict:
+    """Per variant and task: mean ± std over seeds.  Every entry of a task — the ablated variants, and ``dense``
+    and ``full`` (the main table's runs) — is restricted to the seeds all of them have finished, so all points of a
+    task average the same seeds.  ``grid_tasks`` (the plan's grid, as opposed to its ``wide`` extra tasks) is
+    recorded for the figures."""
+    summary: dict = {}
+    for task in tasks:
+        seeds = {v: set(_collect(results / task, v).get("seeds", [])) for v in variants}
+        seeds = {v: s for v, s in seeds.items() if s}
+        if not seeds:
+            continue  # no variant has run on this task yet
+        for stem in ("dense", "dendritic"):  # the main table's runs, where it has this task
+            if found := set(_collect(glue_results / task, stem).get("seeds", [])):
+                seeds[stem] = found
+        common = set.intersection(*seeds.values())
+        for name, folder, stem in (("dense", glue_results, "dense"), ("full", glue_results, "dendritic"),
+                                   *((v, results, v) for v in variants)):
+            entry = _collect(folder / task, stem, common)
+            if entry:
+                summary.setdefault(name, {})[task] = entry
+    if grid_tasks is not None:
+        summary["grid_tasks"] = list(grid_tasks)
+    return summary
+
+
+# -- diagnostics -----------------------------------------------------------------------------------------------------
+def summarise_diagnostics(results: Path, entries: dict[str, dict]) -> dict:
+    """Each diagnostic question beside the scores of its runs."""
+    out = {}
+    for name, spec in entries.items():
+        files = sorted((results / spec["task"]).glob(f"{name}-seed*.json"))
+        recs = [json.loads(f.read_text()) for f in files]
+        out[name] = {"question": spec["question"], "task": spec["task"], "variant": spec["variant"],
+                     "policy": spec.get("policy", "learned"),
+                     "init": spec["init"], "settings": spec.get("settings", {}), "reference": spec.get("reference", "glue"),
+                     "runs": [{"seed": r["seed"], "score": r["score"], "metrics": r["metrics"],
+                               "sparsity_mean": r.get("sparsity_mean"), "train_examples": r.get("train_examples"),
+                               "wall_time_s": r.get("wall_time_s")} for r in recs]}
+    return out
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------------
+def summarise_recipes(results: Path, tasks: list[str]) -> dict:
+    """Per task: every recipe's held-out score (mean over its seeds) and the best one — the dense baseline recipe of
+    the GLUE plan.  Ties keep the smaller learning rate (listed first)."""
+    out: dict = {}
+    for task in tasks:
+        by_recipe: dict[str, list[dict]] = {}
+        for f in sorted((results / task).glob("*-seed*.json")):
+            by_recipe.setdefault(f.stem.rsplit("-seed", 1)[0], []).append(json.loads(f.read_text()))
+        if not by_recipe:
+            continue
+        rows = []
+        for name, rs in sorted(by_recipe.items(), key=lambda kv: kv[1][0]["resolved_config"]["learning_rate"]):
+            cfg = rs[0]["resolved_config"]
+            scores = [r["score"] for r in rs]
+            rows.append({"recipe": name, "learning_rate": cfg["learning_rate"], "epochs": cfg["epochs"],
+                         "batch_size": cfg["batch_size"], "init_from": cfg["init_from"], "metric": rs[0]["metric"],
+                         "score": float(np.mean(scores)), "seeds": sorted(r["seed"] for r in rs),
+                         "metrics": {k: float(np.mean([r["metrics"][k] for r in rs])) for k in rs[0]["metrics"]},
+                         "eval_examples": rs[0]["dev_examples"], "train_examples": rs[0]["train_examples"],
+                         "wall_time_s": float(np.sum([r.get("wall_time_s", 0.0) for r in rs]))})
+        best = max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores (smaller lr)
+        out[task] = {"recipes": rows, "best": best["recipe"], "best_learning_rate": best["learning_rate"],
+                     "best_score": best["score"], "eval_split": "train_holdout"}
+    return out
+
