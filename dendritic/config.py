@@ -64,6 +64,8 @@ class DendriticConfig(BertConfig):
         policy (`str`, default "learned"): "learned", or an ablation baseline: "random", "static" (local window +
             global [CLS]), "training_free" (pooled-QK top-k, no learned scorer).
         static_window (`int`, default 1): blocks on each side of the diagonal kept by the "static" policy.
+        extended_positions_from (`int` or None): set by ``from_bert(..., max_position_embeddings=N)`` when the
+            checkpoint's learned positions were extended to N by copying (Longformer's recipe): how many it had.
     """
 
     model_type = "dendritic_bert"
@@ -84,6 +86,7 @@ class DendriticConfig(BertConfig):
         head_budgets: list[list[float]] | None = None,
         policy: str = "learned",
         static_window: int = 1,
+        extended_positions_from: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,6 +104,7 @@ class DendriticConfig(BertConfig):
         self.head_budgets = head_budgets
         self.policy = policy
         self.static_window = static_window
+        self.extended_positions_from = extended_positions_from
         self.validate_dendritic()
 
     def validate_dendritic(self) -> None:

@@ -374,6 +374,10 @@ def from_bert(bert: str | Path | PreTrainedModel, *, head: str | None = None, **
         head: ``"base"``, ``"mlm"`` or ``"sequence_classification"``; default: the class matching ``bert``
             (a base checkpoint given ``head="mlm"`` gets a fresh MLM head, tied to the word embeddings).
         **config_overrides: any :class:`DendriticConfig` field (``block_size``, ``target_sparsity``, ``num_labels`` …).
+            ``max_position_embeddings=N`` beyond the checkpoint's own P learned positions extends them to N by
+            copying — position i starts as position i mod P (Longformer's recipe, Beltagy et al. 2020) — and
+            records ``extended_positions_from = P`` in the config; fewer than P is refused.  A checkpoint loaded
+            with its own P positions is unchanged.
     """
     if isinstance(bert, (str, Path)):
         source_config = AutoConfig.from_pretrained(bert)
@@ -389,6 +393,13 @@ def from_bert(bert: str | Path | PreTrainedModel, *, head: str | None = None, **
     fields = bert.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map"):
         fields.pop(key, None)
+    own_positions = bert.config.max_position_embeddings
+    positions = config_overrides.get("max_position_embeddings", own_positions)
+    if positions < own_positions:
+        raise ValueError(f"max_position_embeddings={positions} is fewer than the checkpoint's {own_positions} learned "
+                         "positions; truncating them is not supported (inputs are truncated by the tokenizer instead)")
+    if positions > own_positions:
+        config_overrides = {**config_overrides, "extended_positions_from": own_positions}
     config = DendriticConfig(**{**fields, **config_overrides})
     model = target_cls(config)
 
@@ -398,6 +409,10 @@ def from_bert(bert: str | Path | PreTrainedModel, *, head: str | None = None, **
     elif not isinstance(bert, BertModel) and target_cls is DendriticBertModel:
         source = {k[len("bert."):]: v for k, v in source.items() if k.startswith("bert.")}
     target = model.state_dict()
+    if positions > own_positions:  # copy-initialise the new positions: position i starts as i mod P
+        key = next(k for k in source if k.endswith("embeddings.position_embeddings.weight"))
+        learned = source[key]  # (P, d)
+        source = {**source, key: learned.repeat(-(-positions // own_positions), 1)[:positions].clone()}  # (N, d)
     # An MLM model has no pooler (as in BERT): the pooler of a base checkpoint is the one weight left behind.
     source = {k: v for k, v in source.items() if k in target or "pooler." not in k}
     unused = sorted(k for k in source if k not in target)

@@ -9,8 +9,9 @@ Plan kinds (``reproduce/configs/<preset>/<kind>.toml``):
 * ``recipes``     — dense fine-tuning recipes scored on a held-out slice of the *training* split (never dev).
 
 A :class:`Run` is one phase-3 fine-tuning: its task, seed, variant, mask policy, the checkpoint it starts from
-(``init``: ``"phase1"``, ``"phase2"``, a variant's own phase 2 such as ``"ablations/no_gumbel/phase2"``, or
-``"minilm"`` for the original pretrained weights) and its phase-3 settings.  The checkpoints runs start from are
+(``init``: ``"phase1"``, ``"phase2"``, a variant's own phase 2 such as ``"ablations/no_gumbel/phase2"``,
+``"minilm"`` for the original pretrained weights, or ``"run:glue/<task>/<name>"`` for another run's kept model) and
+its phase-3 settings.  The checkpoints runs start from are
 :class:`Pretrain` entries of the plan.  Nothing here trains: :mod:`reproduce.runner` does.
 """
 
@@ -24,11 +25,12 @@ from dendritic.training.data import get_task
 
 from .paths import CONFIGS
 
-__all__ = ["AblationPlan", "DiagnosticsPlan", "GluePlan", "PLAN_KINDS", "Pretrain", "RecipePlan", "Run", "Selection",
-           "load_plan"]
+__all__ = ["AblationPlan", "DiagnosticsPlan", "GluePlan", "PLAN_KINDS", "PRETRAINED", "RUN_PREFIX", "Pretrain",
+           "RecipePlan", "Run", "Selection", "load_plan"]
 
 PHASE1, PHASE2 = "phase1", "phase2"
 PRETRAINED = "minilm"  # the original all-MiniLM-L6-v2 weights (no MLM warm-up)
+RUN_PREFIX = "run:"  # init = another run's kept model: "run:<plan>/<task>/<name>"
 
 # Phase-2 settings that leave the budget allocator's measurement unchanged: head sensitivity is measured once,
 # in eval mode (hard masks, no Gumbel noise, no teacher), on the shared phase-1 checkpoint, so these variants
@@ -115,16 +117,28 @@ def _check_tasks(tasks, where: str) -> list[str]:
 
 
 # -- glue ------------------------------------------------------------------------------------------------------------
+VARIANTS = ("dense", "dendritic", "dsn")
+DEFAULT_INIT = {"dense": PHASE1, "dendritic": PHASE2, "dsn": PHASE1}  # the write-up's recipe
+
+
 @dataclass
 class GluePlan:
-    """Table 1: ``variants`` × ``tasks`` × ``seeds`` (a task may list its own ``seeds``), each task with its phase-3
-    settings; ``tradeoff``: DendriticBERT at several targets (seed 0; the main target's point is the main run)."""
+    """Table 1: ``variants`` × ``tasks`` × ``seeds`` (a task may list its own ``seeds``); ``tradeoff``: DendriticBERT
+    at several targets (seed 0; the main target's point is the main run).
+
+    ``[variant.<v>]`` says how a variant starts — ``init``: "phase1", "phase2", "minilm" (the original weights) or
+    another variant's name (that variant's run of the same task and seed, whose fine-tuned model it starts from:
+    "sparsify after fine-tuning") — whether its models are kept (``keep_model``; a variant others start from keeps
+    them), and phase-3 ``settings`` of its own.  ``[task.<t>]`` holds the phase-3 settings of every variant on that
+    task; ``[task.<t>.<v>]`` one variant's settings on that task.  Later tables win: variant < task < task.variant.
+    """
 
     preset: str
     tasks: list[str]
     seeds: list[int]
     variants: list[str]
     task: dict[str, dict]
+    variant: dict[str, dict]
     tradeoff_tasks: list[str]
     tradeoff_targets: list[float]
     main_target: float
@@ -133,22 +147,44 @@ class GluePlan:
     @classmethod
     def load(cls, preset: str, config_dir: Path = CONFIGS) -> "GluePlan":
         raw = _read("glue", preset, config_dir)
-        _known(raw, {"tasks", "seeds", "variants", "task", "tradeoff"}, f"{preset}/glue.toml")
+        where = f"{preset}/glue.toml"
+        _known(raw, {"tasks", "seeds", "variants", "task", "variant", "tradeoff"}, where)
         variants = list(raw["variants"])
-        bad = set(variants) - {"dense", "dendritic", "dsn"}
+        bad = set(variants) - set(VARIANTS)
         if bad:
-            raise ValueError(f"{preset}/glue.toml: unknown variants {sorted(bad)} (dense, dendritic, dsn)")
+            raise ValueError(f"{where}: unknown variants {sorted(bad)} ({', '.join(VARIANTS)})")
+        variant = {v: dict(spec) for v, spec in raw.get("variant", {}).items()}
+        for v, spec in variant.items():
+            _known(spec, {"init", "keep_model", "settings"}, f"{where} [variant.{v}]")
+            init = spec.get("init", DEFAULT_INIT.get(v))
+            if v not in VARIANTS or init not in (PHASE1, PHASE2, PRETRAINED, *VARIANTS) or init == v:
+                raise ValueError(f"{where} [variant.{v}]: init must be phase1, phase2, minilm or another variant, "
+                                 f"got {init!r}")
+            if init in VARIANTS and init not in variants:
+                raise ValueError(f"{where} [variant.{v}]: starts from variant {init!r}, which the plan does not run")
         trade = raw.get("tradeoff", {})
-        task = {t.lower(): dict(v) for t, v in raw.get("task", {}).items()}
-        for t, settings in task.items():
-            load_phase_config(3, preset, {k: v for k, v in settings.items() if k != "seeds"}, config_dir=config_dir)
-        return cls(preset=preset, tasks=_check_tasks(raw["tasks"], "glue"), seeds=[int(s) for s in raw["seeds"]],
-                   variants=variants, task=task, tradeoff_tasks=_check_tasks(trade.get("tasks", []), "tradeoff"),
+        plan = cls(preset=preset, tasks=_check_tasks(raw["tasks"], "glue"), seeds=[int(s) for s in raw["seeds"]],
+                   variants=variants, task={t.lower(): dict(v) for t, v in raw.get("task", {}).items()},
+                   variant=variant, tradeoff_tasks=_check_tasks(trade.get("tasks", []), "tradeoff"),
                    tradeoff_targets=[float(x) for x in trade.get("targets", [])],
                    main_target=load_phase_config(3, preset, config_dir=config_dir).target_sparsity)
+        for t in plan.task:
+            for v in variants:
+                load_phase_config(3, preset, plan.settings(t, v), config_dir=config_dir)  # every cell validates
+        return plan
 
-    def settings(self, task: str) -> dict:
-        return {k: v for k, v in self.task.get(task, {}).items() if k != "seeds"}
+    def init(self, variant: str) -> str:
+        return self.variant.get(variant, {}).get("init", DEFAULT_INIT[variant])
+
+    def keep_model(self, variant: str) -> bool:
+        """Kept when the plan says so or another variant starts from it."""
+        return bool(self.variant.get(variant, {}).get("keep_model", False)) or \
+            any(self.init(v) == variant for v in self.variants)
+
+    def settings(self, task: str, variant: str = "dendritic") -> dict:
+        common = {k: v for k, v in self.task.get(task, {}).items() if k != "seeds" and k not in VARIANTS}
+        return {**self.variant.get(variant, {}).get("settings", {}), **common,
+                **self.task.get(task, {}).get(variant, {})}
 
     def task_seeds(self, task: str, seeds: list[int]) -> list[int]:
         own = self.task.get(task, {}).get("seeds")
@@ -157,26 +193,38 @@ class GluePlan:
     def pretraining(self) -> dict[str, Pretrain]:
         return {PHASE1: Pretrain(PHASE1, 1), PHASE2: Pretrain(PHASE2, 2, init=PHASE1)}
 
+    def _run(self, task: str, name: str, variant: str, seed: int, **kw) -> Run:
+        init = self.init(variant)
+        if init in VARIANTS:  # that variant's run of this task and seed (its kept model)
+            init = f"{RUN_PREFIX}glue/{task}/{init}-seed{seed}"
+        return Run(task, name, variant, seed, init, self.settings(task, variant), group="glue", **kw)
+
     def runs(self, sel: Selection) -> list[Run]:
         tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
         seeds = sel.seeds if sel.seeds is not None else self.seeds
         variants = sel.variants or self.variants
+        for v in variants:  # a variant that starts from another needs that one in the same call
+            if self.init(v) in VARIANTS and self.init(v) not in variants:
+                raise ValueError(f"variant {v!r} starts from the {self.init(v)!r} runs: select both")
+        order = sorted(variants, key=lambda v: self.init(v) in VARIANTS)  # a run after the run it starts from
         out = []
         for seed in sorted(set(seeds)):  # seed by seed: a partial run is a coherent subset
             for task in tasks:
                 if seed not in self.task_seeds(task, [seed]):
                     continue
-                for variant in variants:
-                    out.append(Run(task, f"{variant}-seed{seed}", variant, seed,
-                                   PHASE2 if variant == "dendritic" else PHASE1, self.settings(task),
-                                   keep_model=seed == 0 and variant == "dendritic", group="glue"))
+                for variant in order:
+                    out.append(self._run(task, f"{variant}-seed{seed}", variant, seed,
+                                         keep_model=self.keep_model(variant) or (seed == 0 and variant == "dendritic")))
         if sel.tradeoff:
             for task in (t for t in self.tradeoff_tasks if not sel.tasks or t in tasks):
+                if "dendritic" in order and self.init("dendritic") in VARIANTS:
+                    base = f"{self.init('dendritic')}-seed0"
+                    if not any(r.task == task and r.name == base for r in out):
+                        out.append(self._run(task, base, self.init("dendritic"), 0, keep_model=True))
                 for target in self.tradeoff_targets:
                     if target == self.main_target:  # that point is the main table's seed-0 run: not trained twice
                         continue
-                    out.append(Run(task, f"tradeoff-learned-{target}", "dendritic", 0, PHASE2, self.settings(task),
-                                   target=target, group="glue"))
+                    out.append(self._run(task, f"tradeoff-learned-{target}", "dendritic", 0, target=target))
         return out
 
     def summary_tasks(self, sel: Selection) -> list[str]:
@@ -300,7 +348,7 @@ class DiagnosticsPlan:
         out = []
         for name in names:
             spec = self.entries[name]
-            settings = {**self.glue.settings(spec["task"]), **spec.get("settings", {})}
+            settings = {**self.glue.settings(spec["task"], spec["variant"]), **spec.get("settings", {})}
             for seed in sel.seeds if sel.seeds is not None else spec.get("seeds", [0]):
                 out.append(Run(spec["task"], f"{name}-seed{seed}", spec["variant"], seed, spec["init"], settings,
                                policy=spec.get("policy", "learned"), group=f"diagnostics/{name}"))

@@ -25,7 +25,7 @@ from dendritic.provenance import RESULTS_SCHEMA_VERSION, atomic_write_json, prov
 from dendritic.training import load_phase_config, run_phase1, run_phase2, run_phase3
 from dendritic.training.data import GlueDataMissing, glue_available
 
-from .plans import PRETRAINED, Pretrain, Run, Selection
+from .plans import PRETRAINED, RUN_PREFIX, Pretrain, Run, Selection
 from .summaries import (summarise_ablations, summarise_diagnostics, summarise_glue, summarise_recipes,
                         summarise_tradeoff)
 
@@ -140,6 +140,25 @@ def write_summaries(plan, results_root: Path, sel: Selection) -> dict:
     return summary
 
 
+def _resolve_init(run: Run, table: dict[str, Pretrain], *, preset: str, run_dir: Path, results_root: Path,
+                  config_dir: Path, ready: set[str], needed: bool) -> str:
+    """The folder (or model name) a run starts from; pretraining is trained on demand, another run's model must
+    have been kept by that run (it comes first in the plan)."""
+    if run.init == PRETRAINED:
+        return PRETRAINED
+    if run.init.startswith(RUN_PREFIX):
+        folder = run_dir / run.init[len(RUN_PREFIX):]
+        if needed and not (folder / "model.safetensors").exists():
+            raise RuntimeError(f"{run.task} {run.name} starts from the fine-tuned model in {folder}, which is not "
+                               "there (its result was reused from another run folder?): run without --reuse, or "
+                               "remove that result so the run is trained again with its model kept")
+        return str(folder)
+    if not needed:
+        return str(run_dir / run.init)  # a reused result: nothing to train for it
+    return str(ensure_pretrain(run.init, table, preset=preset, run_dir=run_dir, results_root=results_root,
+                               config_dir=config_dir, done=ready))
+
+
 def _eta(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
@@ -168,9 +187,8 @@ def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: P
         if fresh:
             eta = f"about {_eta(remaining_work * time_spent / work_done)} left" if work_done else "ETA after the first run"
             print(f"\n=== run {k} of {len(runs)}: {run.task} {run.name} (from {run.init}) — {eta}", flush=True)
-        init = run.init if run.init == PRETRAINED else str(ensure_pretrain(
-            run.init, table, preset=preset, run_dir=run_dir, results_root=results_root, config_dir=config_dir,
-            done=ready))
+        init = _resolve_init(run, table, preset=preset, run_dir=run_dir, results_root=results_root,
+                             config_dir=config_dir, ready=ready, needed=fresh)
         t0 = time.time()
         record = run_one(run, preset=preset, run_dir=run_dir, results=results, init_from=init, config_dir=config_dir)
         if record is None:

@@ -74,6 +74,9 @@ def summarise_glue(results: Path, tasks: list[str]) -> dict:
                            for v in by if by[v]},
             "policy_parameters": next(iter(by["dendritic"].values())).get("policy_parameters"),
         }
+        entry = summary[task]
+        entry["trivial_score"] = trivial_score(task, next(iter(by["dense"].values()))["labels"])
+        entry["informative"], entry["informative_reason"] = _informative(task, entry)
     done = list(summary)
     if done:
         for key, keep in (("average", lambda t: True), ("average_without_wnli", lambda t: t != "wnli")):
@@ -86,7 +89,54 @@ def summarise_glue(results: Path, tasks: list[str]) -> dict:
                             "sparsity_mean": float(np.mean([summary[t]["sparsity_mean"] for t in chosen])),
                             "tasks": chosen,
                             "mean_task_retention": _mean_or_none([summary[t]["retention"] for t in chosen])}
+        summary["headline"] = headline(summary, done)
     return summary
+
+
+def trivial_score(task: str, labels: list) -> float:
+    """The best score a constant prediction gets on these dev labels (majority class for accuracy, all-positive
+    for MRPC's F1, 0 for MCC and for the correlations of STS-B, where a constant has none)."""
+    from dendritic.training.data import get_task
+    from dendritic.training.metrics import compute_glue_metrics
+
+    spec = get_task(task)
+    if spec.is_regression:
+        return 0.0
+    metric = primary_metric(task)
+    return max(float(compute_glue_metrics(task, [c] * len(labels), labels)[metric]) for c in range(spec.num_labels))
+
+
+def _informative(task: str, entry: dict) -> tuple[bool, str]:
+    """A task informs the headline when its dense baseline clearly beats the trivial predictor: ≥ 3 seeds and a
+    margin above 3 seed standard deviations.  WNLI never does (GLUE practice: its dev set is adversarial)."""
+    if task == "wnli":
+        return False, "WNLI: dev set adversarial to training (GLUE practice keeps it out of averages)"
+    if len(entry["seeds"]) < 3 or entry["dense_std"] is None:
+        return False, f"{len(entry['seeds'])} seed(s): fewer than 3"
+    margin = entry["dense_mean"] - entry["trivial_score"]
+    if margin <= 3 * entry["dense_std"]:
+        return False, (f"dense {entry['dense_mean']:.4f} vs trivial {entry['trivial_score']:.4f}: margin {margin:.4f} "
+                       f"is not above 3 seed std ({3 * entry['dense_std']:.4f})")
+    return True, f"dense beats the trivial predictor by {margin:.4f} > 3 seed std ({3 * entry['dense_std']:.4f})"
+
+
+def headline(summary: dict, tasks: list[str]) -> dict:
+    """The headline over the informative tasks: unweighted means, retention as the ratio of the means."""
+    chosen = [t for t in tasks if summary[t]["informative"]]
+    if not chosen:
+        return {"tasks": [], "dense": None, "dendritic": None, "retention": None, "sparsity_mean": None,
+                "agreement_mean": None, "min_task_retention": None}
+    dense = float(np.mean([summary[t]["dense_mean"] for t in chosen]))
+    den = float(np.mean([summary[t]["dendritic_mean"] for t in chosen]))
+    agree = [summary[t]["agreement_with_dense"] for t in chosen if summary[t]["agreement_with_dense"] is not None]
+    return {"tasks": chosen, "dense": dense, "dendritic": den, "retention": den / dense if dense else None,
+            "sparsity_mean": float(np.mean([summary[t]["sparsity_mean"] for t in chosen])),
+            "agreement_mean": float(np.mean(agree)) if agree else None,
+            "min_task_retention": _min_or_none([summary[t]["retention"] for t in chosen])}
+
+
+def _min_or_none(xs: list[float | None]) -> float | None:
+    return float(min(xs)) if xs and all(x is not None for x in xs) else None
 
 
 def summarise_tradeoff(results: Path, tasks: list[str] = ()) -> dict:

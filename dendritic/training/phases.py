@@ -268,12 +268,50 @@ def run_phase2(cfg: Phase2Config, *, resume: bool = True) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = True) -> dict:
-    """GLUE fine-tuning of one task and variant; returns (and writes in done.json) dev metrics, achieved
-    sparsity over the dev inputs and the per-example predictions."""
-    from .data import GLUE_TASKS, load_glue, subsample, tokenize_glue
-    from .metrics import compute_glue_metrics, compute_metrics_for_trainer, primary_metric
+@dataclasses.dataclass
+class TaskData:
+    """What phase 3 needs of a task: tokenized train/validation splits, the head size and the metrics."""
 
+    datasets: object  # DatasetDict(train=..., validation=...) with input_ids, attention_mask, (token_type_ids), label
+    num_labels: int
+    primary_metric: str
+    metrics: object  # (predictions, labels) -> dict of scores
+
+
+def task_data(cfg: Phase3Config, tokenizer) -> TaskData:
+    """The GLUE task, or a long-document task (:mod:`.long_docs`), as :class:`TaskData` — with the subsamples and
+    the evaluation split (dev, or a held-out slice of train) the config asks for."""
+    from datasets import DatasetDict
+
+    from .data import get_task, load_glue, split_held_out, subsample, tokenize_glue
+    from .long_docs import LONG_TASKS, compute_long_metrics, long_task_datasets
+    from .metrics import compute_glue_metrics
+
+    if cfg.task in LONG_TASKS:
+        data = long_task_datasets(cfg.task, tokenizer, cfg.max_length, data_dir=cfg.data_dir)
+        data = DatasetDict({k: v.remove_columns(["line", "year"]) for k, v in data.items()})
+        spec = (2, "accuracy", compute_long_metrics)
+    else:
+        glue = get_task(cfg.task)
+        data = load_glue(cfg.task, cfg.data_dir, source=cfg.data_source)
+        spec = (glue.num_labels, glue.primary_metric, lambda p, y: compute_glue_metrics(cfg.task, p, y))
+    train, dev = data["train"], data["validation"]
+    if cfg.eval_split == "train_holdout":  # recipe selection: never look at dev
+        parts = split_held_out(train, cfg.holdout_fraction, cfg.holdout_seed)
+        train, dev = parts["train"], parts["held_out"]
+    if cfg.train_samples:
+        train = subsample(train, cfg.train_samples, cfg.seed)
+    if cfg.eval_samples:
+        dev = subsample(dev, cfg.eval_samples, cfg.seed)
+    data = DatasetDict({"train": train, "validation": dev})
+    if cfg.task not in LONG_TASKS:
+        data = tokenize_glue(data, tokenizer, cfg.task, cfg.max_length)
+    return TaskData(data, *spec)
+
+
+def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = True) -> dict:
+    """Fine-tuning of one task (GLUE or long-document) and variant; returns (and writes in done.json) dev metrics,
+    achieved sparsity over the dev inputs and the per-example predictions."""
     output_dir = Path(cfg.output_dir)
     if done := _is_done(output_dir, cfg):
         print(f"phase 3 ({cfg.task}, {cfg.variant}) already complete in {output_dir}", flush=True)
@@ -281,21 +319,10 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
     started = time.time()
     save_resolved(cfg, output_dir)
     torch.manual_seed(cfg.seed)
-    task = GLUE_TASKS[cfg.task]
     pretrained = cfg.init_from == "minilm"  # the original pretrained weights, no MLM warm-up
     tokenizer = load_tokenizer("minilm") if pretrained else AutoTokenizer.from_pretrained(cfg.init_from)
-    data = load_glue(cfg.task, cfg.data_dir, source=cfg.data_source)
-    train, dev = data["train"], data["validation"]
-    if cfg.eval_split == "train_holdout":  # recipe selection: never look at dev
-        from .data import split_held_out
-
-        parts = split_held_out(train, cfg.holdout_fraction, cfg.holdout_seed)
-        train, dev = parts["train"], parts["held_out"]
-    if cfg.train_samples:
-        train = subsample(train, cfg.train_samples, cfg.seed)
-    if cfg.eval_samples:
-        dev = subsample(dev, cfg.eval_samples, cfg.seed)
-    tokenized = tokenize_glue({"train": train, "validation": dev}, tokenizer, cfg.task, cfg.max_length)
+    task = task_data(cfg, tokenizer)
+    tokenized = task.datasets
 
     dendritic = cfg.variant == "dendritic"
     if cfg.variant == "dsn":
@@ -304,14 +331,32 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
         head = dict(num_labels=task.num_labels, dendritic=dendritic, policy=cfg.policy,
                     problem_type="regression" if task.num_labels == 1 else "single_label_classification",
                     **cfg.model_overrides)
+        if pretrained and cfg.max_length > 512 and "max_position_embeddings" not in head:
+            head["max_position_embeddings"] = cfg.max_length  # long windows: extend the learned positions
         if pretrained:
             policy = {k: v for k, v in PRESETS[cfg.preset].items() if k in _POLICY_FIELDS}
             model = from_bert(minilm_path(), head="sequence_classification", **{**policy, **head})
         else:
             model = DendriticBertForSequenceClassification.from_pretrained(cfg.init_from, **head)
+    if cfg.max_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_length {cfg.max_length} exceeds the model's {model.config.max_position_embeddings} "
+                         f"positions ({cfg.init_from}): extend them (model_overrides.max_position_embeddings) or "
+                         "use shorter inputs")
+    teacher = None
     if dendritic:  # the starting checkpoint's budgets, moved to this run's target if it differs (trade-off runs)
         base = base_model(model)
+        if cfg.reinit_policy:  # the scorer starts from this checkpoint's own (e.g. fine-tuned) attention
+            base.init_policy_from_attention()
         base.set_head_budgets(retarget_budgets(base.head_budgets.tolist(), cfg.target_sparsity))
+        if cfg.distill:  # the starting checkpoint itself, with dense attention, is the teacher
+            arch = (json.loads((Path(cfg.init_from) / "config.json").read_text()).get("architectures") or [""])[0]
+            if not arch.endswith("ForSequenceClassification"):
+                raise ValueError(f"distill needs a fine-tuned classifier to learn from; {cfg.init_from} holds a {arch}")
+            teacher = DendriticBertForSequenceClassification.from_pretrained(
+                cfg.init_from, num_labels=task.num_labels, dendritic=False,
+                problem_type="regression" if task.num_labels == 1 else "single_label_classification")
+            for p in teacher.parameters():
+                p.requires_grad_(False)
 
     epochs_args = {"num_train_epochs": cfg.epochs} if cfg.max_steps == -1 else {}
     args = _training_args(cfg, output_dir, max_grad_norm=0.0 if dendritic else cfg.max_grad_norm,
@@ -319,12 +364,14 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
                           train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", **epochs_args)
     trainer = DendriticTrainer(
         model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics_for_trainer(cfg.task),
-        policy_learning_rate=cfg.policy_learning_rate if dendritic else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        policy_learning_rate=cfg.policy_learning_rate if dendritic else None, teacher=teacher,
+        distill_weight=cfg.distill_weight if teacher is not None else 0.0, distill_temperature=cfg.distill_temperature,
     )
     if dendritic:
+        t0 = cfg.temperature_end if cfg.temperature_start is None else cfg.temperature_start
         trainer.add_callback(PolicyCallback(
-            trainer, temperature_start=cfg.temperature_end, temperature_end=cfg.temperature_end, anneal=False,
+            trainer, temperature_start=t0, temperature_end=cfg.temperature_end, anneal=t0 != cfg.temperature_end,
             sparsity_weight=cfg.sparsity_weight, ramp_ratio=0.0, policy_max_grad_norm=cfg.policy_max_grad_norm,
             base_max_grad_norm=cfg.max_grad_norm, collapse_tolerance=cfg.collapse_tolerance,
             log_path=output_dir / "log.jsonl",
@@ -333,10 +380,10 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
     _train(trainer, output_dir, resume)
 
     evaluation = evaluate_glue(model, tokenized["validation"], tokenizer, cfg.eval_batch_size)
-    metrics = compute_glue_metrics(cfg.task, evaluation.pop("predictions_raw"), evaluation["labels"])
+    metrics = task.metrics(evaluation.pop("predictions_raw"), evaluation["labels"])
     result = {
         "task": cfg.task, "variant": cfg.variant, "policy": cfg.policy, "seed": cfg.seed,
-        "metric": primary_metric(cfg.task), "score": metrics[primary_metric(cfg.task)], "metrics": metrics,
+        "metric": task.primary_metric, "score": metrics[task.primary_metric], "metrics": metrics,
         "block_size": getattr(model.config, "block_size", None),
         "parameters": sum(p.numel() for p in model.parameters()),
         "policy_parameters": sum(p.numel() for p in base_model(model).policy_parameters()) if cfg.variant != "dsn" else 0,
@@ -355,33 +402,46 @@ def run_phase3(cfg: Phase3Config, *, resume: bool = True, save_model: bool = Tru
 
 @torch.no_grad()
 def evaluate_glue(model, dataset, tokenizer, batch_size: int) -> dict:
-    """Hard-mask evaluation over a tokenized dev set: predictions and the achieved sparsity of every input."""
+    """Hard-mask evaluation over a tokenized dev set: predictions, the achieved sparsity of every input, the
+    attention backend that ran, and how input-dependent the block decisions are (:class:`InputDependence`)."""
+    from ..masks import InputDependence, block_validity, sparsity_spread_given_length
+
     model.eval()
     collator = DataCollatorWithPadding(tokenizer)
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
-    preds, labels, block_sp, pair_sp, lengths = [], [], [], [], []
+    dendritic = bool(getattr(model.config, "dendritic", False))
+    b = getattr(model.config, "block_size", 1)
+    dependence = InputDependence(b, model.config.dense_cls_row) if dendritic else None
+    preds, labels, block_sp, pair_sp, lengths, real_blocks = [], [], [], [], [], []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
         batch = collator([{c: rows[c][i] for c in cols} for i in range(len(rows["input_ids"]))])
-        out = model(**{k: v.to(model.device) for k, v in batch.items()})
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        out = model(**batch, **({"output_block_masks": True} if dendritic else {}))
         preds.append(out.logits.float().cpu().numpy())
         labels.extend(rows["label"])
-        if getattr(out, "block_sparsity", None) is not None:
+        key_padding = batch["attention_mask"].bool()
+        if dendritic:
             block_sp.extend(out.block_sparsity.mean(dim=0).tolist())  # per input, mean over layers
             pair_sp.extend(out.pair_sparsity.mean(dim=0).tolist())
-        lengths.extend(batch["attention_mask"].sum(-1).tolist())
+            dependence.add(out.block_masks, key_padding)
+            real_blocks.extend(block_validity(key_padding, b).sum(-1).tolist())
+        lengths.extend(key_padding.sum(-1).tolist())
     logits = np.concatenate(preds)
     raw = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
     return {
         "predictions_raw": raw,
         "predictions": raw.tolist(),
         "labels": labels,
+        "attention_backend": base_model(model).attention_backend if dendritic else "dense",
         "sparsity_mean": float(np.mean(block_sp)) if block_sp else None,
         "sparsity_std": float(np.std(block_sp)) if block_sp else None,
         "pair_sparsity_mean": float(np.mean(pair_sp)) if pair_sp else None,
         "pair_sparsity_std": float(np.std(pair_sp)) if pair_sp else None,
         "per_input_sparsity": [round(x, 5) for x in block_sp],
         "input_lengths": lengths,
+        "input_dependence": dependence.result() if dendritic else None,
+        "sparsity_spread_given_length": sparsity_spread_given_length(block_sp, real_blocks) if dendritic else None,
     }
 
 

@@ -2,7 +2,8 @@
 
 What it adds, and where:
 
-* ``compute_loss`` — task loss + λ(t)·sparsity loss (+ optional KL distillation from a dense teacher).  The
+* ``compute_loss`` — task loss + λ(t)·sparsity loss (+ optional distillation from a dense teacher: KL on the
+  temperature-softened logits, or the squared error of a regression output).  The
   sparsity loss is the squared gap, per layer and head, between the batch-mean relaxed keep fraction and the
   head's budget: the *batch mean* is held to the budget, so the gate may move individual inputs.
 * ``create_optimizer`` — two parameter groups: the policy (scorer, gate, threshold offset) at its own learning
@@ -107,9 +108,12 @@ class DendriticTrainer(Trainer):
             s, t = outputs.logits, teacher_logits
             if selected is not None:  # MLM: distil on the masked positions only
                 s, t = s[selected], t[selected]
-            kd = torch.nn.functional.kl_div(
-                torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), log_target=True, reduction="batchmean"
-            ) * T * T
+            if s.shape[-1] == 1:  # regression (STS-B): match the teacher's prediction
+                kd = torch.nn.functional.mse_loss(s.float(), t.float())
+            else:
+                kd = torch.nn.functional.kl_div(
+                    torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), log_target=True, reduction="batchmean"
+                ) * T * T
             loss = loss + self.distill_weight * kd
             self._record("distill_loss", float(kd.detach()))
         self._record("task_loss", float(outputs.loss.detach()))
