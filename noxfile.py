@@ -4,7 +4,7 @@ Every session runs in the one project environment (`bash scripts/bootstrap.sh` m
 `.venv/bin/nox -s NAME`) — no session installs torch again.  Expensive sessions are `default=False`; arguments
 after `--` go to the underlying command (e.g. `nox -s reproduce_glue -- --tasks wnli --quick`).
 
-* Experiments (`reproduce_glue`, `ablations`, `diagnostics`, `recipes`) write FRESH results under `runs/<preset>/`
+* Experiments (`reproduce_glue`, `reproduce_long`, `ablations`, `diagnostics`, `recipes`) write FRESH results under `runs/<preset>/`
   and end with a table comparing them with the committed `reproduce/results/...`; they fail when a cell lies outside
   its tolerance.  `-- --reuse` continues the committed results in place instead.
 * Benchmarks (`bench_*`) and exports write their result file under `reproduce/results/...` and queue `figures`.
@@ -96,6 +96,12 @@ def diagnostics(session: nox.Session) -> None:
 
 
 @nox.session(python=False, default=False)
+def reproduce_long(session: nox.Session) -> None:
+    """Long documents: accuracy, MLM loss and latency of the same trained models on the same windows (n = 1024/2048)."""
+    _module(session, "reproduce", "long")
+
+
+@nox.session(python=False, default=False)
 def recipes(session: nox.Session) -> None:
     """Dense fine-tuning recipes scored on held-out training data (never dev); compared with the reference."""
     _module(session, "reproduce", "recipes")
@@ -153,7 +159,8 @@ def figures(session: nox.Session) -> None:
 
 
 @nox.session(python=False, default=False,
-             requires=["reproduce_glue", "ablations", "diagnostics", "sweep_inference", "export_masks", "bench_latency",
+             requires=["reproduce_glue", "reproduce_long", "ablations", "diagnostics", "sweep_inference", "export_masks",
+                       "bench_latency",
                        "bench_memory", "bench_kernels", "bench_train_step"])
 def paper(session: nox.Session) -> None:
     """Every result session of the paper in order (hours on 2 cores), then the figures once."""

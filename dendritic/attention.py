@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers.models.bert.modeling_bert import BertSelfAttention
 
+from .fused_policy import fused_learned_policy, fused_policy_available
 from .gating import GatingController
 from .kernels import block_sparse_attention
+from .kernels.dispatch import choose_backend, expected_keep
 from .kernels.layout import dense_to_block_mask, num_blocks
 from .masks import block_token_counts, safety_floor
 from .perforation import PerforationOutput, PerforationUnit
@@ -37,9 +39,12 @@ class PolicyCall:
 
     budgets: torch.Tensor  # (L, H) target sparsity per layer and head
     temperature: float
-    backend: str
+    backend: str  # a kernel backend, or "auto" (dendritic.kernels.dispatch chooses per layer and call)
     policy: str
+    fused_policy: bool = True  # the learned policy's one-call C++ inference path where it applies (CPU fp32)
+    host_budgets: list[list[float]] | None = None  # the budgets as host floats ("auto" decides without a sync)
     trace: list[PerforationOutput] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # per layer: the attention path that ran
 
 
 def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: int, n: int, device) -> torch.Tensor:
@@ -81,6 +86,8 @@ class DendriticSelfAttention(BertSelfAttention):
             floor=safety_floor(nb, dense_cls_row=self.config.dense_cls_row, device=q.device),
             budgets=call.budgets[self.layer_idx], temperature=call.temperature, training=self.training,
         )
+        if call.fused_policy and call.policy == "learned" and not self.training and fused_policy_available(hidden_states):
+            return fused_learned_policy(self, hidden_states, key_padding, ctx.budgets, call.temperature)
         return get_policy(call.policy)(self, ctx)
 
     # -- attention with the mask -------------------------------------------------------------------------------
@@ -115,12 +122,21 @@ class DendriticSelfAttention(BertSelfAttention):
         policy = self.block_policy(hidden_states, q, k, key_padding, policy_call)
         policy_call.trace.append(policy)
         if self.training:
+            policy_call.paths.append("relaxed")
             out = self._relaxed_attention(q, k, v, policy.mask, key_padding)
         else:
-            kv_num_blocks, kv_indices = dense_to_block_mask(policy.hard)  # (B, H, nb), (B, H, nb, nb)
+            backend = policy_call.backend
+            if backend == "auto":  # decided from shapes and host-side budgets: no device synchronisation
+                keep = expected_keep(policy_call.host_budgets[self.layer_idx], n, self.block_size,
+                                     self.config.dense_cls_row)
+                backend = choose_backend(q.device.type, B, q.shape[1], n, q.shape[-1], self.block_size, keep)
+            policy_call.paths.append(backend)
+            kv_num_blocks, kv_indices = policy.kv_num_blocks, policy.kv_indices
+            if kv_num_blocks is None:
+                kv_num_blocks, kv_indices = dense_to_block_mask(policy.hard)  # (B, H, nb), (B, H, nb, nb)
             out = block_sparse_attention(
                 q.contiguous(), k.contiguous(), v.contiguous(), kv_num_blocks, kv_indices,
                 block_size=self.block_size, key_padding_mask=key_padding,
-                backend=policy_call.backend, scale=self.scaling,
+                backend=backend, scale=self.scaling, check_values=False,  # the policy's masks: valid by construction
             )
         return out.transpose(1, 2).reshape(B, n, -1), None

@@ -32,7 +32,7 @@ PRESETS: dict[str, dict] = {
     "paper": dict(**_BERT_BASE, block_size=8, scorer_rank=16),
 }
 
-ATTENTION_BACKENDS = ("reference", "cpu", "cupy", "flex")
+ATTENTION_BACKENDS = ("auto", "reference", "cpu", "cupy", "flex", "masked_sdpa")
 
 
 class DendriticConfig(BertConfig):
@@ -50,8 +50,10 @@ class DendriticConfig(BertConfig):
             average fraction of valid blocks to skip.  Given together with ``head_budgets``, it must equal their
             mean (one would otherwise be ignored).
         scorer_rank (`int`, default 16): rank of the per-head low-rank block scorer.
-        attention_backend (`str`, default "reference"): kernel used when masks are hard (inference):
-            one of ``ATTENTION_BACKENDS``.
+        attention_backend (`str`, default "auto"): kernel used when masks are hard (inference): one of
+            ``ATTENTION_BACKENDS``; "auto" picks per call between the device's block-sparse kernel and masked dense
+            SDPA from a fitted cost model (``dendritic.kernels.dispatch``) — the same function either way; the path
+            that ran is in the output (``attention_path``).  "reference" is the dense masked specification.
         dense_cls_row (`bool`, default True): keep the [CLS] query row dense (part of the safety floor).
         gating (`bool`, default True): per-input threshold shift from the gating controller.
         gating_max_shift (`float`, default 2.0): bound on the gate's shift of the threshold (in log-mass units).
@@ -76,7 +78,7 @@ class DendriticConfig(BertConfig):
         block_size: int = 4,
         target_sparsity: float | None = None,
         scorer_rank: int = 16,
-        attention_backend: str = "reference",
+        attention_backend: str = "auto",
         dense_cls_row: bool = True,
         gating: bool = True,
         gating_max_shift: float = 2.0,

@@ -14,7 +14,10 @@ Every output carries the achieved sparsity of the forward pass it comes from:
 * ``pair_sparsity``  (num_layers, B): the same as a fraction of real query–key *token pairs*;
 * ``keep_fraction``  (num_layers, B, H): relaxed keep fraction (differentiable; the sparsity loss uses it);
 * ``keep_target``    (num_layers, B, H): the keep fraction each head's budget asks for;
-* ``block_masks``    per-layer bool (B, H, nb, nb), only with ``output_block_masks=True``.
+* ``block_masks``    per-layer bool (B, H, nb, nb), only with ``output_block_masks=True``;
+* ``policy_impl``    per layer, which implementation of the policy decided ("fused" C++ inference or "python");
+* ``attention_path`` per layer, the attention that ran: a kernel backend ("cpu", "cupy", "masked_sdpa", ...; what
+  ``"auto"`` chose) or "relaxed" (training).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class DendriticOutputMixin:
     keep_fraction: torch.Tensor | None = None
     keep_target: torch.Tensor | None = None
     block_masks: tuple[torch.Tensor, ...] | None = None
+    policy_impl: tuple[str, ...] | None = None  # per layer: "fused" or "python" (which implementation decided)
+    attention_path: tuple[str, ...] | None = None  # per layer: the attention that ran ("cpu", "masked_sdpa", ...)
 
 
 @dataclass
@@ -71,8 +76,19 @@ class DendriticSequenceClassifierOutput(SequenceClassifierOutput, DendriticOutpu
     pass
 
 
+def _check_values(condition: torch.Tensor, error: type[Exception], message: str) -> None:
+    """Raise ``error(message)`` unless the 0-d bool tensor ``condition`` holds — checked with ``torch._assert_async``,
+    which never reads the value on the host: on the CPU it raises at once (turned into ``error`` here), on a GPU it
+    is a device-side assert that fires without synchronising the stream.  The forward pass stays sync-free."""
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError as err:
+        raise error(message) from err
+
+
 def _validate_inputs(config, input_ids, attention_mask, inputs_embeds, token_type_ids=None) -> None:
-    """One clear error, naming the argument, for inputs BERT would otherwise fail on deep inside."""
+    """One clear error, naming the argument, for inputs BERT would otherwise fail on deep inside (value checks
+    through :func:`_check_values`: no host synchronisation)."""
     x = input_ids if input_ids is not None else inputs_embeds
     if x is None:
         raise ValueError("pass input_ids (B, n) or inputs_embeds (B, n, hidden_size)")
@@ -81,13 +97,13 @@ def _validate_inputs(config, input_ids, attention_mask, inputs_embeds, token_typ
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {config.vocab_size - 1}] (vocab_size)")
+        if input_ids.numel():
+            _check_values(((input_ids >= 0) & (input_ids < config.vocab_size)).all(), ValueError,
+                          f"input_ids must lie in [0, {config.vocab_size - 1}] (vocab_size)")
     else:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
             raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {config.hidden_size}), got {tuple(inputs_embeds.shape)}")
-        if not torch.isfinite(inputs_embeds).all():
-            raise ValueError("inputs_embeds contains NaN or Inf")
+        _check_values(torch.isfinite(inputs_embeds).all(), ValueError, "inputs_embeds contains NaN or Inf")
     B, n = x.shape[:2]
     if B == 0 or n == 0:
         raise ValueError(f"the batch must hold at least one sequence of at least one token, got shape {tuple(x.shape[:2])}")
@@ -99,15 +115,16 @@ def _validate_inputs(config, input_ids, attention_mask, inputs_embeds, token_typ
     if attention_mask is not None:
         if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (B, n):
             raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, n)}, got {tuple(attention_mask.shape)}")
-        if config.dendritic and not bool(attention_mask[:, 0].bool().all()):
-            raise ValueError("attention_mask must keep the first token ([CLS]) of every sequence (left padding is not supported)")
+        if config.dendritic:
+            _check_values(attention_mask[:, 0].bool().all(), ValueError,
+                          "attention_mask must keep the first token ([CLS]) of every sequence (left padding is not supported)")
     if token_type_ids is not None:
         if tuple(token_type_ids.shape) != (B, n):
             raise ValueError(
                 f"token_type_ids must have shape (batch, seq_len) = {(B, n)}, got {tuple(token_type_ids.shape)}"
             )
-        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= config.type_vocab_size:
-            raise ValueError(f"token_type_ids must lie in [0, {config.type_vocab_size - 1}] (type_vocab_size)")
+        _check_values(((token_type_ids >= 0) & (token_type_ids < config.type_vocab_size)).all(), ValueError,
+                      f"token_type_ids must lie in [0, {config.type_vocab_size - 1}] (type_vocab_size)")
 
 
 # Config fields that fix weight shapes: a checkpoint loads only into a config that agrees with it on all of them.
@@ -166,9 +183,11 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             layer.attention.self = DendriticSelfAttention(config, layer_idx=i)
         # Per-head target sparsities (L, H): the config's values seed it; a checkpoint's saved buffer replaces them.
         self.register_buffer("head_budgets", _initial_budgets(config), persistent=True)
+        self._host_budgets: tuple[int, list[list[float]]] | None = None  # (buffer version, values) for "auto"
         self.attention_backend = config.attention_backend
         self.policy = config.policy
         self.temperature = float(config.gumbel_temperature)
+        self.fused_policy = True  # the learned policy's one-call C++ inference path where it applies
         self.post_init()
         self.init_policy_from_attention()
 
@@ -176,6 +195,15 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
         super()._init_weights(module)
         if module is self:  # a checkpoint without the buffer (converted or older): the config's budgets
             self.head_budgets.copy_(_initial_budgets(self.config))
+
+    def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output, encoder_hidden_states,
+                                cache):
+        """Dendritic layers read the 2-D key padding mask as it is; transformers' 4-D mask builder would also look at
+        its values on the host (to drop an all-ones mask), a synchronisation the forward pass does not need."""
+        if self.config.dendritic and not self.config.is_decoder and encoder_hidden_states is None:
+            return attention_mask, encoder_attention_mask
+        return super()._create_attention_masks(attention_mask, encoder_attention_mask, embedding_output,
+                                               encoder_hidden_states, cache)
 
     # -- per-call controls ---------------------------------------------------------------------------------------
     def dendritic_layers(self) -> list[DendriticSelfAttention]:
@@ -216,6 +244,11 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
         self.policy = policy
 
+    def set_fused_policy(self, enabled: bool) -> None:
+        """Use (default) or not the fused C++ inference path of the learned policy (:mod:`dendritic.fused_policy`):
+        the same masks, fewer dispatches; off, the Python modules decide (the specification)."""
+        self.fused_policy = bool(enabled)
+
     def policy_call(self, *, attention_backend: str | None = None, policy: str | None = None,
                     head_budgets: torch.Tensor | None = None) -> PolicyCall:
         """The controls of one forward pass: the model's current ones, or the given overrides (``head_budgets``:
@@ -226,12 +259,24 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             raise ValueError(f"attention_backend must be one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
-        budgets = self.head_budgets
+        budgets, host = self.head_budgets, None
         if head_budgets is not None:
             if tuple(head_budgets.shape) != tuple(budgets.shape):
                 raise ValueError(f"head_budgets must have shape {tuple(budgets.shape)}, got {tuple(head_budgets.shape)}")
             budgets = head_budgets.to(device=budgets.device, dtype=budgets.dtype)
-        return PolicyCall(budgets=budgets, temperature=self.temperature, backend=backend, policy=policy)
+            host = budgets.tolist() if backend == "auto" else None  # a per-call override is read once, here
+        elif backend == "auto":
+            host = self.host_budgets()
+        return PolicyCall(budgets=budgets, temperature=self.temperature, backend=backend, policy=policy,
+                          fused_policy=self.fused_policy, host_budgets=host)
+
+    def host_budgets(self) -> list[list[float]]:
+        """The head budgets as Python floats, read from the buffer once per change of the buffer (its version
+        counter moves with every in-place write: setters, checkpoint loading) — not once per forward pass."""
+        version = self.head_budgets._version
+        if self._host_budgets is None or self._host_budgets[0] != version:
+            self._host_budgets = (version, self.head_budgets.tolist())
+        return self._host_budgets[1]
 
     # -- policy helpers -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -246,8 +291,9 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
         """Scorer, gate and threshold parameters (they get their own learning rate and clipping)."""
         return [p for attn in self.dendritic_layers() for m in (attn.scorer, attn.gate, attn.perforation) for p in m.parameters()]
 
-    def _policy_outputs(self, trace, attention_mask: torch.Tensor | None, n: int, record_masks: bool) -> dict:
+    def _policy_outputs(self, call: PolicyCall, attention_mask: torch.Tensor | None, n: int, record_masks: bool) -> dict:
         """Stack what each layer's policy decided in this forward pass into output fields."""
+        trace = call.trace
         B = trace[0].hard.shape[0]
         key_padding = attention_mask.bool() if attention_mask is not None else torch.ones(B, n, dtype=torch.bool, device=trace[0].hard.device)
         return dict(
@@ -256,6 +302,8 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             keep_fraction=torch.stack([p.keep_fraction for p in trace]),  # (L, B, H)
             keep_target=torch.stack([p.target_keep for p in trace]),  # (L, B, H)
             block_masks=tuple(p.hard for p in trace) if record_masks else None,
+            policy_impl=tuple(p.impl for p in trace),
+            attention_path=tuple(call.paths),
         )
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
@@ -268,14 +316,16 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             kwargs["policy_call"] = call
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
-        if not torch.isfinite(out.last_hidden_state).all():
+        try:
+            _check_values(torch.isfinite(out.last_hidden_state).all(), FloatingPointError, "non-finite hidden states")
+        except FloatingPointError:  # only after the fact: name the weights that went non-finite
             bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
             raise FloatingPointError(
                 "non-finite hidden states" + (f"; non-finite weights in {bad[:5]}" if bad else " (weights are finite)")
-            )
+            ) from None
         n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         if call is not None:
-            policy_out = self._policy_outputs(call.trace, attention_mask, n, output_block_masks)
+            policy_out = self._policy_outputs(call, attention_mask, n, output_block_masks)
         else:  # dense attention: nothing skipped
             B = out.last_hidden_state.shape[0]
             zeros = out.last_hidden_state.new_zeros(self.config.num_hidden_layers, B)
@@ -298,7 +348,8 @@ def _initial_budgets(config: DendriticConfig) -> torch.Tensor:
 
 
 def _policy_fields(out: DendriticModelOutput) -> dict:
-    return {f: getattr(out, f) for f in ("block_sparsity", "pair_sparsity", "keep_fraction", "keep_target", "block_masks")}
+    return {f: getattr(out, f) for f in ("block_sparsity", "pair_sparsity", "keep_fraction", "keep_target", "block_masks",
+                                         "policy_impl", "attention_path")}
 
 
 class DendriticBertForMaskedLM(_ClearCheckpointErrors, BertForMaskedLM):

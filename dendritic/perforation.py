@@ -25,11 +25,15 @@ from torch import nn
 
 @dataclass
 class PerforationOutput:
-    mask: torch.Tensor  # (B, H, nb, nb) float: 0/1 (hard or straight-through) or in (0, 1) (soft)
+    mask: torch.Tensor | None  # (B, H, nb, nb) float: 0/1 (hard or straight-through) or in (0, 1) (soft); None
+    #                            from the fused inference path, where only ``hard`` is used
     hard: torch.Tensor  # (B, H, nb, nb) bool: the blocks actually computed
     keep_fraction: torch.Tensor  # (B, H) relaxed fraction of real blocks kept (differentiable; sparsity loss)
     target_keep: torch.Tensor  # (H,) or (B, H) keep fraction the budget asks for, raised to the floor's share
     block_sparsity: torch.Tensor  # (B,) achieved fraction of real blocks skipped, over heads
+    kv_num_blocks: torch.Tensor | None = None  # the compact layout of ``hard`` when the policy made it already
+    kv_indices: torch.Tensor | None = None
+    impl: str = "python"  # which implementation decided: "python" (the modules) or "fused" (dendritic.fused_policy)
 
 
 _BIG = 1e4  # log-mass values are clamped to ±_BIG; thresholds beyond them keep nothing / everything

@@ -26,7 +26,30 @@ from dendritic.provenance import atomic_write_json
 from .compare import compare, format_table
 from .paths import CONFIGS, reference_results, relative
 from .plans import PLAN_KINDS, Selection, load_plan
-from .runner import execute, write_summaries
+from .runner import ensure_pretrain, execute, write_summaries
+
+
+def long_steps(plan, lengths: list[int], *, run_dir: Path, results_root: Path, preset: str, config_dir: Path,
+               latency: bool) -> None:
+    """After the long plan's runs: the held-out MLM evaluation and (on idle cores) the latency of the trained models,
+    for the selected lengths (rows of other lengths already in the files are kept)."""
+    import json
+
+    from .bench.long_latency import run as measure_latency
+    from .long_mlm import mlm_eval
+
+    folder = results_root / "long"
+
+    def missing(name: str) -> bool:
+        path = folder / name
+        return not path.exists() or not set(lengths) <= {r["n"] for r in json.loads(path.read_text())["rows"]}
+
+    if missing("mlm.json"):
+        phase2 = ensure_pretrain("long/phase2", plan.pretraining(), preset=preset, run_dir=run_dir,
+                                 results_root=results_root, config_dir=config_dir)
+        mlm_eval(plan, lengths, run_dir / "long/phase1", phase2, folder / "mlm.json")
+    if latency and missing("latency.json"):
+        measure_latency(plan, lengths, run_dir, folder / "latency.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="results go to the committed reproduce/results tree, finished runs are kept (no comparison)")
     p.add_argument("--summary-only", action="store_true", help="rebuild the summaries from the result files; train nothing")
     p.add_argument("--no-compare", action="store_true", help="skip the comparison with the committed reference")
+    p.add_argument("--no-latency", action="store_true",
+                   help="long: skip the latency step (time it later, on idle cores: python -m reproduce.bench.long_latency)")
     p.add_argument("--config-dir", type=Path, default=CONFIGS, help="plans and phase configs (default: reproduce/configs)")
     args = p.parse_args(argv)
     if args.quick:
@@ -75,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = execute(plan, sel, preset=args.preset, run_dir=run_dir, results_root=results_root,
                      config_dir=args.config_dir)
+    if plan.kind == "long":
+        long_steps(plan, plan.selected_lengths(sel), run_dir=run_dir, results_root=results_root, preset=args.preset,
+                   config_dir=args.config_dir, latency=not args.no_latency)
+        write_summaries(plan, results_root, sel)
     print(f"\n{plan.kind}: {counts['trained']} trained, {counts['reused']} reused, {counts['skipped']} skipped (no data)")
     if args.reuse or args.no_compare:
         return 0

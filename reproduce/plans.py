@@ -22,10 +22,11 @@ from pathlib import Path
 
 from dendritic.training.config import load_phase_config, tomllib
 from dendritic.training.data import get_task
+from dendritic.training.long_docs import LONG_TASKS
 
 from .paths import CONFIGS
 
-__all__ = ["AblationPlan", "DiagnosticsPlan", "GluePlan", "PLAN_KINDS", "PRETRAINED", "RUN_PREFIX", "Pretrain",
+__all__ = ["AblationPlan", "DiagnosticsPlan", "GluePlan", "LongPlan", "PLAN_KINDS", "PRETRAINED", "RUN_PREFIX", "Pretrain",
            "RecipePlan", "Run", "Selection", "load_plan"]
 
 PHASE1, PHASE2 = "phase1", "phase2"
@@ -77,7 +78,10 @@ class Run:
         return {**self.settings, **({"target_sparsity": self.target} if self.target is not None else {})}
 
     def work(self) -> float:
-        """Relative cost (training examples × epochs) for the runner's ETA."""
+        """Relative cost (training examples × epochs × input length) for the runner's ETA."""
+        if self.task in LONG_TASKS:
+            rows = int(self.settings.get("train_samples") or 600) * self.settings.get("max_length", 1024) / 40
+            return rows * float(self.settings.get("epochs", 1.0)) * (2.0 if self.variant == "dendritic" else 1.0)
         rows = get_task(self.task).hub_num_rows.get("train", 1000)
         if self.settings.get("eval_split") == "train_holdout":
             rows = int(rows * (1 - self.settings.get("holdout_fraction", 0.1)))
@@ -397,7 +401,87 @@ class RecipePlan:
                 for task in tasks for lr in self.learning_rates for seed in seeds]
 
 
-PLAN_KINDS = {"glue": GluePlan, "ablations": AblationPlan, "diagnostics": DiagnosticsPlan, "recipes": RecipePlan}
+# -- long documents --------------------------------------------------------------------------------------------------
+@dataclass
+class LongPlan:
+    """Accuracy and speed on the same long inputs (``sotu_party``: windows of n tokens of the State of the Union
+    addresses, labelled by party, split by address).  Per length n and seed: a dense fine-tuning from the long
+    masked-LM warm-up (``long/phase1``: positions extended to the longest n, trained on the task's training addresses
+    only), then DendriticBERT sparsified from that dense model (``[variant.dendritic]``).  ``long/phase2`` (masked LM
+    with the sparsity loss at length) feeds the held-out MLM evaluation (``[mlm_eval]``); the latency of the trained
+    seed-0 models on the same dev windows is measured by ``reproduce.bench.long_latency`` (``[latency]``)."""
+
+    preset: str
+    task: str
+    lengths: list[int]
+    seeds: list[int]
+    phase1: dict
+    phase2: dict
+    variant: dict[str, dict]
+    extra: list[dict]
+    mlm_eval: dict
+    latency: dict
+    kind: str = "long"
+
+    @classmethod
+    def load(cls, preset: str, config_dir: Path = CONFIGS) -> "LongPlan":
+        raw = _read("long", preset, config_dir)
+        where = f"{preset}/long.toml"
+        _known(raw, {"task", "lengths", "seeds", "phase1", "phase2", "variant", "extra", "mlm_eval", "latency"}, where)
+        if raw["task"] not in LONG_TASKS:
+            raise ValueError(f"{where}: task must be one of {list(LONG_TASKS)}, got {raw['task']!r}")
+        variant = {v: dict(spec) for v, spec in raw["variant"].items()}
+        if set(variant) != {"dense", "dendritic"}:
+            raise ValueError(f"{where}: [variant] must define dense and dendritic")
+        plan = cls(preset=preset, task=raw["task"], lengths=[int(n) for n in raw["lengths"]],
+                   seeds=[int(s) for s in raw["seeds"]], phase1=dict(raw["phase1"]), phase2=dict(raw["phase2"]),
+                   variant=variant, extra=[dict(e) for e in raw.get("extra", [])], mlm_eval=dict(raw.get("mlm_eval", {})),
+                   latency=dict(raw.get("latency", {})))
+        positions = plan.phase1.get("model_overrides", {}).get("max_position_embeddings", 512)
+        if max(plan.lengths) > positions:
+            raise ValueError(f"{where}: lengths up to {max(plan.lengths)} need [phase1] model_overrides."
+                             f"max_position_embeddings >= that (got {positions})")
+        load_phase_config(1, preset, plan.phase1, config_dir=config_dir)
+        load_phase_config(2, preset, plan.phase2, config_dir=config_dir)
+        for run in plan.runs(Selection()):
+            load_phase_config(3, preset, run.overrides(), config_dir=config_dir)
+        return plan
+
+    def pretraining(self) -> dict[str, Pretrain]:
+        return {"long/phase1": Pretrain("long/phase1", 1, self.phase1),
+                "long/phase2": Pretrain("long/phase2", 2, self.phase2, init="long/phase1")}
+
+    def selected_lengths(self, sel: Selection) -> list[int]:
+        return [int(t) for t in sel.tasks] if sel.tasks else self.lengths
+
+    def _settings(self, variant: str, n: int, task: str) -> dict:
+        return {**self.variant[variant].get("settings", {}), "max_length": n}
+
+    def runs(self, sel: Selection) -> list[Run]:
+        lengths = self.selected_lengths(sel)  # --tasks selects lengths here
+        seeds = sel.seeds if sel.seeds is not None else self.seeds
+        out = []
+        for n in lengths:
+            for seed in seeds:
+                dense = f"dense-n{n}-seed{seed}"
+                out.append(Run(self.task, dense, "dense", seed, "long/phase1", self._settings("dense", n, self.task),
+                               keep_model=True, group="long"))
+                out.append(Run(self.task, f"dendritic-n{n}-seed{seed}", "dendritic", seed,
+                               f"{RUN_PREFIX}long/{self.task}/{dense}", self._settings("dendritic", n, self.task),
+                               keep_model=seed == 0, group="long"))
+        for extra in self.extra if not sel.tasks else []:  # e.g. the harder split by president, fewer seeds
+            task, n = extra["task"], int(extra["length"])
+            for seed in extra.get("seeds", [0]):
+                dense = f"dense-n{n}-seed{seed}"
+                out.append(Run(task, dense, "dense", seed, "long/phase1", self._settings("dense", n, task),
+                               keep_model=True, group="long"))
+                out.append(Run(task, f"dendritic-n{n}-seed{seed}", "dendritic", seed, f"{RUN_PREFIX}long/{task}/{dense}",
+                               self._settings("dendritic", n, task), group="long"))
+        return out
+
+
+PLAN_KINDS = {"glue": GluePlan, "ablations": AblationPlan, "diagnostics": DiagnosticsPlan, "recipes": RecipePlan,
+              "long": LongPlan}
 
 
 def load_plan(kind: str, preset: str, config_dir: Path = CONFIGS):

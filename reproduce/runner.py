@@ -24,10 +24,11 @@ from pathlib import Path
 from dendritic.provenance import RESULTS_SCHEMA_VERSION, atomic_write_json, provenance
 from dendritic.training import load_phase_config, run_phase1, run_phase2, run_phase3
 from dendritic.training.data import GlueDataMissing, glue_available
+from dendritic.training.long_docs import LONG_TASKS
 
 from .plans import PRETRAINED, RUN_PREFIX, Pretrain, Run, Selection
-from .summaries import (summarise_ablations, summarise_diagnostics, summarise_glue, summarise_recipes,
-                        summarise_tradeoff)
+from .summaries import (summarise_ablations, summarise_diagnostics, summarise_glue, summarise_long,
+                        summarise_recipes, summarise_tradeoff)
 
 __all__ = ["check_results_folder", "copy_records", "ensure_pretrain", "execute", "run_one", "write_summaries"]
 
@@ -134,6 +135,12 @@ def write_summaries(plan, results_root: Path, sel: Selection) -> dict:
                                       plan.tasks)
     elif kind == "diagnostics":
         summary = summarise_diagnostics(folder, plan.entries)
+    elif kind == "long":
+        tasks = [plan.task, *(e["task"] for e in plan.extra)]
+        lengths = {plan.task: plan.lengths}
+        for e in plan.extra:
+            lengths.setdefault(e["task"], []).append(int(e["length"]))
+        summary = summarise_long(folder, list(dict.fromkeys(tasks)), lengths)
     else:
         summary = summarise_recipes(folder, plan.tasks)
     atomic_write_json(folder / "summary.json", {**summary, "provenance": provenance()})
@@ -166,7 +173,7 @@ def _eta(seconds: float) -> str:
 def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: Path, config_dir: Path) -> dict:
     """Train what is missing for the selected runs of ``plan``; returns ``{"trained", "reused", "skipped"}``."""
     runs = plan.runs(sel)
-    absent = sorted({r.task for r in runs if not glue_available(r.task)})
+    absent = sorted({r.task for r in runs if r.task not in LONG_TASKS and not glue_available(r.task)})
     for task in absent:  # offline: MNLI, QQP, QNLI training — said once, before any work, never faked
         print(f"skipping {task}: its GLUE training/dev files are not available here (offline data: see "
               "$DENDRITIC_DATA_DIR/README.md; with internet, data_source = \"hub\")", flush=True)

@@ -236,3 +236,45 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
                      "best_score": best["score"], "eval_split": "train_holdout"}
     return out
 
+
+
+# -- long documents --------------------------------------------------------------------------------------------------
+def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, list[int]]) -> dict:
+    """``long/summary.json``: one row per (task, n, batch) — accuracy of dense and DendriticBERT over their paired
+    seeds, retention, achieved block sparsity, agreement, the majority-class rate of the dev windows, and the latency
+    of the trained seed-0 models on those windows (``latency.json``, when measured); ``mlm`` from ``mlm.json``."""
+    latency = json.loads((results / "latency.json").read_text()) if (results / "latency.json").exists() else {}
+    mlm = json.loads((results / "mlm.json").read_text()) if (results / "mlm.json").exists() else {}
+    rows = []
+    for task in tasks:
+        for n in lengths_by_task.get(task, []):
+            runs = {v: {r["seed"]: r for r in (json.loads(f.read_text())
+                                               for f in sorted((results / task).glob(f"{v}-n{n}-seed*.json")))}
+                    for v in ("dense", "dendritic")}
+            paired = sorted(set(runs["dense"]) & set(runs["dendritic"]))
+            if not paired:
+                continue
+            dense_m, dense_s = _mean_std([runs["dense"][s]["score"] for s in paired])
+            den_m, den_s = _mean_std([runs["dendritic"][s]["score"] for s in paired])
+            first = runs["dendritic"][paired[0]]
+            agreement = [float(np.mean(np.asarray(runs["dendritic"][s]["predictions"]) ==
+                                       np.asarray(runs["dense"][s]["predictions"]))) for s in paired]
+            base = {"task": task, "n": n, "block_size": first["block_size"], "target_sparsity": first["target_sparsity"],
+                    "achieved_sparsity": float(np.mean([runs["dendritic"][s]["sparsity_mean"] for s in paired])),
+                    "metric": first["metric"], "majority_score": first["metrics"]["majority_rate"],
+                    "dense_mean": dense_m, "dense_std": dense_s, "dendritic_mean": den_m, "dendritic_std": den_s,
+                    "retention": den_m / dense_m if dense_m else None, "agreement": float(np.mean(agreement)),
+                    "seeds": paired, "dev_windows": first["dev_examples"], "train_windows": first["train_examples"],
+                    "input_dependence": float(np.mean([runs["dendritic"][s]["input_dependence"]["input_dependence"]
+                                                       for s in paired]))}
+            timed = [r for r in latency.get("rows", []) if r["task"] == task and r["n"] == n]
+            for t in timed or [None]:
+                rows.append({**base, "batch": t and t["batch"], "dense_sdpa_ms": t and t["dense_sdpa_ms"],
+                             "dense_eager_ms": t and t.get("dense_eager_ms"), "dendritic_ms": t and t["dendritic_ms"],
+                             "ratio_vs_sdpa": t and t["ratio_vs_sdpa"], "ratio_vs_eager": t and t.get("ratio_vs_eager"),
+                             "ratio_vs_same_kernel_dense": t and t.get("ratio_vs_same_kernel_dense"),
+                             "attention_share": t and t.get("attention_share"), "amdahl_bound": t and t.get("amdahl_bound"),
+                             "latency_sparsity": t and t.get("achieved_sparsity"), "latency_seed": t and t.get("seed"),
+                             "path": t and t.get("path")})
+    return {"rows": rows, "mlm": mlm.get("rows", []),
+            "latency_provenance": latency.get("provenance"), "mlm_provenance": mlm.get("provenance")}

@@ -27,7 +27,16 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.f
 # example pinned below, where torch's own fp32 error is 2.1e-6); a wrong or missing block errs by > 1e-2.
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 # Paths to run for a dtype: the AVX-512 path only exists for fp32, and only on CPUs that have it.
-ISAS = ["portable"] + (["avx512"] if cpu.cpu_isa(torch.float32) == "avx512" else [])
+# Every code path this CPU can run: the SIMD ones are tested wherever the CPU has them (AVX-512 machines also run AVX2).
+def _runs(isa: str) -> bool:
+    try:
+        cpu.cpu_isa(torch.float32, isa)
+        return True
+    except RuntimeError:
+        return False
+
+
+ISAS = ["portable"] + [isa for isa in ("avx512", "avx2") if _runs(isa)]
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 
 
@@ -240,8 +249,9 @@ def test_cpu_fully_padded_rows_are_zero():
 
 
 def test_cpu_dispatch_and_errors():
-    expected = "avx512" if "AVX512" in torch.backends.cpu.get_cpu_capability() else "portable"
-    assert cpu.cpu_isa(torch.float32) == expected
+    capability = torch.backends.cpu.get_cpu_capability()
+    expected = "avx512" if "AVX512" in capability else "avx2" if "AVX2" in capability else "portable"
+    assert cpu.cpu_isa(torch.float32) == expected  # the fastest path the CPU has, chosen at run time
     assert cpu.cpu_isa(torch.float64) == "portable"
     assert cpu.cpu_isa(torch.float32, "portable") == "portable"
     q = torch.randn(1, 1, 8, 16, dtype=torch.float64)
@@ -276,3 +286,29 @@ def test_flex_matches_oracle(B, H, n, d, block_size, mask_kind, padding):
     q, k, v, nblk, idx, kpm = make_case(11, B, H, n, d, block_size, mask_kind, padding, torch.float32)
     out = block_sparse_attention(q, k, v, nblk, idx, block_size=block_size, key_padding_mask=kpm, backend="flex")
     check_against_oracle(out, q, k, v, nblk, idx, block_size, kpm)
+
+
+# --- masked_sdpa: the same function on dense SDPA (the path "auto" picks for masks that cannot pay) ---
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 150), block=st.sampled_from([1, 2, 4, 16, 32]),
+       kind=st.sampled_from(["random", "floor", "full", "empty", "padding_only"]),
+       padding=st.sampled_from([None, "prefix", "scattered"]))
+def test_masked_sdpa_matches_oracle(seed, n, block, kind, padding):
+    q, k, v, nblk, idx, kpm = make_case(seed, 2, 2, n, 32, block, kind, padding, torch.float32)
+    out = block_sparse_attention(q, k, v, nblk, idx, block_size=block, key_padding_mask=kpm, backend="masked_sdpa")
+    check_against_oracle(out, q, k, v, nblk, idx, block, kpm)
+
+
+def test_auto_dispatch_follows_the_cost_model(monkeypatch):
+    """'auto' runs whichever path the stored cost model predicts cheaper, and without a model the dense path."""
+    from dendritic.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "cost_model", lambda: {})
+    assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no model: dense speed
+    model = {"cpu": {"sparse": {"a": 0.05, "b": 1e-5, "c": 1e-9}, "dense": {"a": 0.02, "b": 0.0, "c": 1e-9}}}
+    monkeypatch.setattr(dispatch, "cost_model", lambda: model)
+    assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "cpu"  # long input, a quarter kept
+    assert dispatch.choose_backend("cpu", 1, 12, 64, 64, 64, 1.0) == "masked_sdpa"  # one block: nothing to skip
+    assert dispatch.choose_backend("mps", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no sparse kernel there
+    # the expected kept share: budgets raised to the floor's share (3 nb - 2 of nb^2 with the dense [CLS] row)
+    assert dispatch.expected_keep([0.9, 0.5], 8 * 4, 4, True) == pytest.approx(((22 / 64) + 0.5) / 2)

@@ -310,3 +310,33 @@ def test_input_dependence_separates_static_from_input_dependent_masks():
     assert dep.result()["input_dependence"] == pytest.approx(float(expected))
     # residuals 0, 0 (5 blocks) and -0.1, +0.1 (3 blocks): root mean square sqrt(0.02 / 4)
     assert sparsity_spread_given_length([0.5, 0.5, 0.2, 0.4], [5, 5, 3, 3]) == pytest.approx((0.02 / 4) ** 0.5)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "masked_sdpa", "reference"])
+def test_inference_forward_reads_no_tensor_on_the_host(backend, monkeypatch):
+    """No .item(), .tolist(), nonzero, bool/int/float of a tensor in a DendriticBERT inference forward: nothing that
+    would synchronise a GPU stream (input checks use torch._assert_async; 'auto' decides from host-side budgets)."""
+    model = DendriticBertForSequenceClassification(DendriticConfig.from_preset("smoke", attention_backend=backend)).eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        model(ids, attention_mask=mask)  # the first call may read the budgets once (cached per buffer version)
+        reads = []
+        for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__"):
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+        monkeypatch.setattr(torch, "nonzero", lambda *a, **k: reads.append("torch.nonzero"))
+        out = model(ids, attention_mask=mask)
+    monkeypatch.undo()
+    assert reads == [], f"host reads in the forward: {reads}"
+    assert len(out.attention_path) == model.config.num_hidden_layers
+    allowed = {"cpu", "masked_sdpa"} if backend == "auto" else {backend}  # "auto" records what it chose
+    assert set(out.attention_path) <= allowed
+
+
+def test_the_host_read_check_can_fail(monkeypatch):
+    """The patching above does see a host read when one happens."""
+    reads = []
+    original = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (reads.append("item"), original(self))[1])
+    torch.ones(()).item()
+    assert reads == ["item"]

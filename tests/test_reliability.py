@@ -114,7 +114,7 @@ def _corrupt(name):
         "scale_nan": (lambda q, k, v, n_, i: ((q, k, v, n_, i), {"scale": float("nan")}), ValueError,
                       "scale must be a finite float"),
         "unknown_backend": (lambda q, k, v, n_, i: ((q, k, v, n_, i), {"backend": "triton"}), ValueError,
-                            r"backend must be one of \['reference', 'cpu', 'cupy', 'flex'\], got 'triton'"),
+                            r"backend must be one of \['reference', 'cpu', 'cupy', 'flex', 'masked_sdpa'\], got 'triton'"),
     }
     return cases[name]
 

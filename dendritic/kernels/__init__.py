@@ -11,6 +11,10 @@ Backends
 ``"cpu"``        fused block-sparse C++ kernel (``dendritic/kernels/csrc``), time proportional to kept blocks.
 ``"cupy"``       CuPy RawKernels compiled from ``cuda/*.cu`` (CUDA tensors only).
 ``"flex"``       ``torch.nn.attention.flex_attention`` with the same BlockMask (a baseline and second reference).
+``"masked_sdpa"`` the same function on dense SDPA with the block mask expanded to a token mask (skips nothing; the
+                 path for masks that cannot pay for themselves).
+
+``"auto"`` is not a backend but a choice made per call by the model (:mod:`dendritic.kernels.dispatch`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ _BACKEND_PATHS: dict[str, str] = {
     "cpu": "dendritic.kernels.cpu:cpu_attention",
     "cupy": "dendritic.kernels.cupy_backend:cupy_attention",
     "flex": "dendritic.kernels.flex:flex_attention_backend",
+    "masked_sdpa": "dendritic.kernels.masked_sdpa:masked_sdpa_attention",
 }
 BACKENDS = tuple(_BACKEND_PATHS)
 _loaded: dict[str, Callable] = {"reference": reference_attention}
@@ -67,8 +72,12 @@ def validate_inputs(
     kv_indices: torch.Tensor,
     block_size: int,
     key_padding_mask: torch.Tensor | None,
+    *,
+    check_values: bool = True,
 ) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the argument for anything a kernel could not handle safely."""
+    """Raise ``ValueError``/``TypeError`` naming the argument for anything a kernel could not handle safely.
+    ``check_values=False`` skips the checks that read index values on the host (a device synchronisation): for
+    masks made by the model's own policy, correct by construction."""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -103,7 +112,7 @@ def validate_inputs(
             raise ValueError(f"{name} must have shape {shape} for n={n}, block_size={block_size}; got {tuple(t.shape)}")
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    if kv_num_blocks.numel():
+    if check_values and kv_num_blocks.numel():
         lo, hi = int(kv_num_blocks.min()), int(kv_num_blocks.max())
         if lo < 0 or hi > nb:
             raise ValueError(f"kv_num_blocks must lie in [0, {nb}] (number of key blocks), got values in [{lo}, {hi}]")
@@ -134,6 +143,7 @@ def block_sparse_attention(
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "reference",
     scale: float | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Attention over the kept key blocks only.
 
@@ -145,12 +155,13 @@ def block_sparse_attention(
         key_padding_mask: bool (B, n), True = real token; padded keys are never attended.
         backend: one of ``BACKENDS``.
         scale: softmax scale, default ``d ** -0.5``.
+        check_values: also check the index values (reads them on the host); the model's own masks skip this.
 
     Returns:
         (B, H, n, d) in q's dtype.  A query row with no real kept key returns zeros (never NaN).
     """
     fn = get_backend(backend)
-    validate_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask)
+    validate_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask, check_values=check_values)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):

@@ -8,6 +8,8 @@ Code paths, chosen at run time (never from the build machine's ISA):
 
 * ``"avx512"``: fp32 on CPUs reporting AVX-512F and FMA (``csrc/block_sparse_avx512.cpp``, compiled with
   per-function ``target`` attributes so the same binary loads anywhere);
+* ``"avx2"``: fp32 on CPUs with AVX2 and FMA but no AVX-512 (``csrc/block_sparse_avx2.cpp``, the same kernel with
+  8-wide vectors);
 * ``"portable"``: plain C++ (auto-vectorised for the compiler's baseline ISA) for fp64, and for fp32 on every
   other x86-64 or ARM CPU.
 
@@ -17,7 +19,7 @@ O(n²·d) attention), computed in fp32 and rounded back once; the kernel itself 
 The extension is JIT-built with :func:`torch.utils.cpp_extension.load` on first import (about a minute on two
 cores) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later imports
 load the cached library.  A failed build raises ``ImportError`` carrying the compiler output — the backend never
-falls back to another one.  ``DENDRITIC_CPU_ISA=portable|avx512|auto`` overrides the path (for testing).
+falls back to another one.  ``DENDRITIC_CPU_ISA=portable|avx512|avx2|auto`` overrides the path (for testing).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ import torch
 __all__ = ["cpu_attention", "cpu_isa", "cpu_kernel_forward"]
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = [_CSRC / "block_sparse_cpu.cpp", _CSRC / "block_sparse_avx512.cpp"]
+_SOURCES = [_CSRC / "block_sparse_cpu.cpp", _CSRC / "block_sparse_avx512.cpp", _CSRC / "block_sparse_avx2.cpp"]
 # -O3 only: no -march/-mavx flags, so nothing of the build machine's ISA leaks outside block_sparse_avx512.cpp's
 # explicitly targeted functions.  -fopenmp: at::parallel_for is header code that needs it to run in parallel.
 _CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
-_ISA_CODES = {"auto": 0, "portable": 1, "avx512": 2}
+_ISA_CODES = {"auto": 0, "portable": 1, "avx512": 2, "avx2": 3}
 
 
 def _build():
@@ -64,7 +66,7 @@ def _isa_code(isa: str | None) -> int:
 
 
 def cpu_isa(dtype: torch.dtype = torch.float32, isa: str | None = None) -> str:
-    """The code path (``"avx512"`` or ``"portable"``) a call with ``dtype`` inputs runs on this machine."""
+    """The code path (``"avx512"``, ``"avx2"`` or ``"portable"``) a call with ``dtype`` inputs runs on this machine."""
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     return _ext.resolve_isa(str(compute).removeprefix("torch."), _isa_code(isa))
 
@@ -81,7 +83,7 @@ def cpu_kernel_forward(
     scale: float,
     isa: str | None = None,
 ) -> torch.Tensor:
-    """:func:`cpu_attention` with an explicit code path ``isa`` (``"auto"``, ``"portable"``, ``"avx512"``; raises
+    """:func:`cpu_attention` with an explicit code path ``isa`` (``"auto"``, ``"portable"``, ``"avx512"``, ``"avx2"``; raises
     if the requested path cannot run here)."""
     dtype = q.dtype
     if dtype in (torch.float16, torch.bfloat16):  # documented upcast: computed in fp32, rounded back once

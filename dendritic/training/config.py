@@ -47,6 +47,7 @@ class TrainingConfig:
 
     preset: str = "smoke"
     output_dir: str = "runs/smoke/phase"
+    gradient_checkpointing: bool = False  # recompute each layer in the backward pass: long inputs fit in memory
     seed: int = 0
     max_steps: int = 20
     batch_size: int = 8
@@ -75,15 +76,20 @@ class TrainingConfig:
 
 @dataclass
 class MLMConfig(TrainingConfig):
-    """Masked-LM data: documents split by document into train/held-out, then cut into ``seq_len``-token blocks."""
+    """Masked-LM data: documents split by document into train/held-out, then cut into ``seq_len``-token blocks
+    (``seq_len`` beyond the model's positions needs ``model_overrides.max_position_embeddings`` in phase 1)."""
 
     seq_len: int = 64
     mlm_probability: float = 0.15
     max_docs: int | None = None  # MLM documents to read (None = all)
     held_out_fraction: float = 0.02
+    # "random": a seeded ``held_out_fraction`` of the documents; "sotu_address": the address split of the long-document
+    # task (dendritic.training.long_docs), so no dev address of that task is ever trained on.
+    mlm_split: str = "random"
 
     def validate(self) -> None:
         super().validate()
+        _check(self.mlm_split in ("random", "sotu_address"), f"mlm_split must be random or sotu_address, got {self.mlm_split!r}")
         _check(self.max_steps > 0, f"max_steps must be > 0 for masked-LM training, got {self.max_steps}")
         _check(self.seq_len > 2, f"seq_len must be > 2, got {self.seq_len}")
         _check(0 < self.mlm_probability < 1, f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")

@@ -118,6 +118,29 @@ _FEATURES = Features({"input_ids": Sequence(Value("int32")), "attention_mask": S
                       "label": ClassLabel(names=list(PARTIES)), "line": Value("int32"), "year": Value("int32")})
 
 
+_TOKENS: dict[tuple, list[int]] = {}  # (vocabulary fingerprint, address line) -> token ids: each address tokenized once
+_FINGERPRINTS: dict[int, tuple] = {}  # id -> (the tokenizer, kept alive so its id is never reused; fingerprint)
+
+
+def _fingerprint(tokenizer) -> str:
+    """The same vocabulary, casing and class give the same token ids, whichever checkpoint folder holds the copy."""
+    if id(tokenizer) not in _FINGERPRINTS:
+        import hashlib
+
+        vocab = sorted(tokenizer.get_vocab().items())
+        text = f"{type(tokenizer).__name__}|{tokenizer.init_kwargs.get('do_lower_case')}|{vocab}"
+        _FINGERPRINTS[id(tokenizer)] = (tokenizer, hashlib.sha256(text.encode()).hexdigest())
+    return _FINGERPRINTS[id(tokenizer)][1]
+
+
+def _token_ids(tokenizer, address: Address) -> list[int]:
+    key = (_fingerprint(tokenizer), address.line, len(address.text))
+    if key not in _TOKENS:
+        _TOKENS[key] = tokenizer(address.text, add_special_tokens=False, return_attention_mask=False,
+                                 verbose=False)["input_ids"]
+    return _TOKENS[key]
+
+
 def windows(addresses: list[Address], tokenizer, n: int, *, max_windows: int | None = None) -> Dataset:
     """Windows of ``n`` tokens (``[CLS]`` + n − 2 + ``[SEP]``) of the Democratic and Republican addresses."""
     if n < 3:
@@ -127,7 +150,7 @@ def windows(addresses: list[Address], tokenizer, n: int, *, max_windows: int | N
     for a in addresses:
         if a.party not in PARTIES:
             continue
-        ids = tokenizer(a.text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        ids = _token_ids(tokenizer, a)
         count = len(ids) // body
         keep = range(count) if max_windows is None or count <= max_windows else \
             sorted({round(i * (count - 1) / max(max_windows - 1, 1)) for i in range(max_windows)})

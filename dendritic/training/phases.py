@@ -86,6 +86,7 @@ def _is_done(output_dir: Path, cfg) -> dict | None:
 
 def _training_args(cfg, output_dir: Path, *, max_grad_norm: float, **extra) -> TrainingArguments:
     return TrainingArguments(
+        activation_checkpointing=cfg.gradient_checkpointing,
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -109,8 +110,13 @@ def _training_args(cfg, output_dir: Path, *, max_grad_norm: float, **extra) -> T
 def _mlm_datasets(cfg: Phase1Config, tokenizer):
     from .data import load_mlm_text, mlm_blocks, split_held_out
 
-    text = load_mlm_text(cfg.data_dir, source=cfg.data_source, max_docs=cfg.max_docs)
-    docs = split_held_out(text, cfg.held_out_fraction, cfg.seed)  # by document: no text on both sides
+    if cfg.mlm_split == "sotu_address":  # the long-document task's address split: no dev address in training
+        from .long_docs import mlm_documents
+
+        docs = mlm_documents(cfg.data_dir)
+    else:
+        text = load_mlm_text(cfg.data_dir, source=cfg.data_source, max_docs=cfg.max_docs)
+        docs = split_held_out(text, cfg.held_out_fraction, cfg.seed)  # by document: no text on both sides
     return mlm_blocks(docs["train"], tokenizer, cfg.seq_len), mlm_blocks(docs["held_out"], tokenizer, cfg.seq_len)
 
 
@@ -421,9 +427,10 @@ def evaluate_glue(model, dataset, tokenizer, batch_size: int) -> dict:
         preds.append(out.logits.float().cpu().numpy())
         labels.extend(rows["label"])
         key_padding = batch["attention_mask"].bool()
-        if dendritic:
+        if getattr(out, "block_sparsity", None) is not None:  # DendriticBERT, dense or not (DSN has none)
             block_sp.extend(out.block_sparsity.mean(dim=0).tolist())  # per input, mean over layers
             pair_sp.extend(out.pair_sparsity.mean(dim=0).tolist())
+        if dendritic:
             dependence.add(out.block_masks, key_padding)
             real_blocks.extend(block_validity(key_padding, b).sum(-1).tolist())
         lengths.extend(key_padding.sum(-1).tolist())
@@ -458,3 +465,26 @@ def run_all(preset: str, output_dir: str, task: str = "wnli", overrides: dict | 
     c3 = load(3, overrides={**overrides.get(3, {}), "output_dir": str(out / "phase3"), "init_from": str(out / "phase2"),
                             "task": task})
     return {"phase1": run_phase1(c1, resume=resume), "phase2": run_phase2(c2, resume=resume), "phase3": run_phase3(c3, resume=resume)}
+
+
+@torch.no_grad()
+def evaluate_mlm(model, dataset, tokenizer, *, batch_size: int, seed: int = 1234, mlm_probability: float = 0.15,
+                 **controls) -> dict:
+    """Held-out masked-LM loss of ``model`` (hard masks; ``controls``: per-call forward arguments such as
+    ``head_budgets`` or ``attention_backend``), with the masking drawn once from ``seed`` so every model sees the
+    same masked tokens.  Returns the token-weighted mean loss, the number of masked tokens and the achieved block
+    sparsity (0 for a dense model)."""
+    model.eval()
+    collator = SeededMLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    total, tokens, sparsity = 0.0, 0, []
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[j] for j in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows])
+        out = model(**batch, **controls)
+        masked = int((batch["labels"] != -100).sum())
+        total += float(out.loss) * masked
+        tokens += masked
+        if getattr(out, "block_sparsity", None) is not None:
+            sparsity.append(float(out.block_sparsity.mean()))
+    return {"loss": total / max(tokens, 1), "masked_tokens": tokens,
+            "block_sparsity": float(np.mean(sparsity)) if sparsity else 0.0}

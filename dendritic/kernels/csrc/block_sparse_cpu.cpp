@@ -2,9 +2,10 @@
 //
 // Work is split into (batch, head, query block) tasks handed out dynamically (an atomic counter inside
 // at::parallel_for), because rows keep uneven numbers of key blocks.  Each task walks only its kept key blocks,
-// so time scales with kept blocks.  Two code paths compute the same online-softmax algorithm:
+// so time scales with kept blocks.  Three code paths compute the same online-softmax algorithm:
 //   * AVX-512 (fp32): block_sparse_avx512.cpp, per-function target attributes, chosen at run time when
 //     __builtin_cpu_supports("avx512f") and ("fma");
+//   * AVX2 (fp32): block_sparse_avx2.cpp, the same with 8-wide vectors, when ("avx2") and ("fma") but no AVX-512;
 //   * portable (fp32, fp64): plain C++ below; fixed-width inner loops the compiler auto-vectorises for whatever
 //     baseline ISA it targets (no -march flag), correct on any CPU.
 #include <torch/extension.h>
@@ -108,7 +109,7 @@ void portable_task(const BlockSparseParams& p, int64_t task, T* Qt, T* Ot, T* S)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Dispatch.
-enum Isa : int64_t { kAuto = 0, kPortable = 1, kAvx512 = 2 };
+enum Isa : int64_t { kAuto = 0, kPortable = 1, kAvx512 = 2, kAvx2 = 3 };
 
 bool cpu_has_avx512() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -119,16 +120,32 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_avx2() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = avx2_compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 // Which path a call with this dtype and ISA request takes ("avx512" or "portable"); raises if impossible.
 std::string resolve_isa(at::ScalarType dtype, int64_t isa) {
-  TORCH_CHECK(isa == kAuto || isa == kPortable || isa == kAvx512, "isa must be 0 (auto), 1 (portable) or 2 (avx512)");
+  TORCH_CHECK(isa == kAuto || isa == kPortable || isa == kAvx512 || isa == kAvx2,
+              "isa must be 0 (auto), 1 (portable), 2 (avx512) or 3 (avx2)");
   if (isa == kPortable) return "portable";
   if (isa == kAvx512) {
     TORCH_CHECK(cpu_has_avx512(), "the AVX-512 path was requested but this CPU/build has no AVX-512F+FMA");
     TORCH_CHECK(dtype == at::kFloat, "the AVX-512 path is fp32 only");
     return "avx512";
   }
-  return (dtype == at::kFloat && cpu_has_avx512()) ? "avx512" : "portable";
+  if (isa == kAvx2) {
+    TORCH_CHECK(cpu_has_avx2(), "the AVX2 path was requested but this CPU/build has no AVX2+FMA");
+    TORCH_CHECK(dtype == at::kFloat, "the AVX2 path is fp32 only");
+    return "avx2";
+  }
+  if (dtype != at::kFloat) return "portable";
+  return cpu_has_avx512() ? "avx512" : cpu_has_avx2() ? "avx2" : "portable";
 }
 
 template <typename Fn>
@@ -199,6 +216,13 @@ torch::Tensor forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::
       AlignedBuffer buf(scratch * sizeof(float));
       for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
         avx512_run_task(p, t, static_cast<float*>(buf.ptr));
+    });
+  } else if (path == "avx2") {
+    const int64_t scratch = avx2_scratch_floats(p);
+    run_tasks(ntasks, [&](std::atomic<int64_t>& next) {
+      AlignedBuffer buf(scratch * sizeof(float));
+      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
+        avx2_run_task(p, t, static_cast<float*>(buf.ptr));
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_portable", [&] {

@@ -1,5 +1,5 @@
-// Shared between the dispatching TU (block_sparse_cpu.cpp) and the AVX-512 TU (block_sparse_avx512.cpp).
-// Plain C structs only: the AVX-512 TU must not instantiate any inline/template code that the rest of the
+// Shared between the dispatching TU (block_sparse_cpu.cpp) and the SIMD TUs (block_sparse_avx512.cpp, _avx2.cpp).
+// Plain C structs only: the SIMD TUs must not instantiate any inline/template code that the rest of the
 // binary could share (an AVX-512 copy of an inline function picked by the linker would break older CPUs).
 #pragma once
 #include <cstdint>
@@ -20,9 +20,12 @@ struct BlockSparseParams {
   double scale;
 };
 
-// AVX-512 fp32 path (compiled with per-function target attributes; call only after a runtime CPU check).
+// AVX-512 and AVX2 fp32 paths (compiled with per-function target attributes; call only after a runtime CPU check).
 bool avx512_compiled();                                      // false on non-x86 builds
 int64_t avx512_scratch_floats(const BlockSparseParams& p);   // per-thread scratch size, in floats
 void avx512_run_task(const BlockSparseParams& p, int64_t task, float* scratch);
+bool avx2_compiled();
+int64_t avx2_scratch_floats(const BlockSparseParams& p);
+void avx2_run_task(const BlockSparseParams& p, int64_t task, float* scratch);
 
 }  // namespace dendritic

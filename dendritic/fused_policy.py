@@ -1,0 +1,61 @@
+"""The learned policy's inference forward as one C++ call (``csrc/policy_cpu.cpp``): scorer, gate, threshold, hard
+mask, the kernels' compact layout and the statistics, for CPU fp32 inputs.
+
+Why: per layer the Python modules dispatch ~100 small tensor operations (and a full sort for the budget's order
+statistic); at short inputs that costs more than the attention it could save.  The fused call computes every
+floating-point quantity with the same ATen operations in the same order as the Python modules — bit-identical
+values — and the discrete part (order statistic by ``nth_element``, comparison, floor, compaction, counts) in one
+loop, so the hard mask, ``kv_num_blocks``/``kv_indices`` and the block sparsity equal the Python path's exactly
+(``tests/test_policy_fused.py``).  The Python modules stay the specification and the training path.
+
+The extension is JIT-built on first use into torch's extension cache (like the ``cpu`` attention backend); a failed
+build raises ``ImportError`` with the compiler output.  :func:`fused_policy_available` says whether a call can use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .perforation import PerforationOutput
+
+__all__ = ["fused_learned_policy", "fused_policy_available"]
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "policy_cpu.cpp"
+_ext = None
+
+
+def _extension():
+    global _ext
+    if _ext is None:
+        from torch.utils.cpp_extension import load
+
+        try:
+            _ext = load(name="dendritic_policy_cpu", sources=[str(_SOURCE)],
+                        extra_cflags=["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"],
+                        extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as exc:  # compiler missing or compile error: the compiler's message, as ImportError
+            raise ImportError(f"building the fused policy extension failed:\n{exc}") from exc
+    return _ext
+
+
+def fused_policy_available(hidden_states: torch.Tensor) -> bool:
+    """The fused call serves CPU fp32 inference (the policy's training path is differentiable Python)."""
+    return hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
+def fused_learned_policy(layer, hidden_states: torch.Tensor, key_padding: torch.Tensor, budgets: torch.Tensor,
+                         temperature: float) -> PerforationOutput:
+    """The ``learned`` policy of ``layer`` (a DendriticSelfAttention) with hard masks, in one C++ call."""
+    cfg, scorer, gate = layer.config, layer.scorer, layer.gate
+    gate_params = None
+    if cfg.gating:
+        norm, lin1, lin2 = gate.norm, gate.mlp[0], gate.mlp[2]
+        gate_params = [norm.weight, norm.bias, lin1.weight, lin1.bias, lin2.weight, lin2.bias]
+    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity, _ = _extension().learned_policy(
+        hidden_states, key_padding, scorer.q_features.weight, scorer.q_features.bias, scorer.k_features.weight,
+        scorer.k_features.bias, scorer.num_heads, scorer.rank, scorer.scale, gate_params,
+        gate.norm.eps, gate.max_shift, layer.perforation.offset, budgets, layer.block_size, cfg.dense_cls_row,
+        float(temperature))
+    return PerforationOutput(None, hard, keep_fraction, target_keep, block_sparsity, kv_num_blocks, kv_indices, "fused")

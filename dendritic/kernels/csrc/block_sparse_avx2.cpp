@@ -1,0 +1,215 @@
+// AVX2 + FMA fp32 block-sparse attention forward: the AVX-512 kernel (block_sparse_avx512.cpp) with 8-wide vectors,
+// for the many x86-64 CPUs without AVX-512 (where the portable path would fall back to SSE2).
+//
+// Every function here carries DENDRITIC_AVX2 (a per-function target attribute), so this TU is built with the same
+// flags as the rest of the extension and the binary still loads on older CPUs; the dispatcher in
+// block_sparse_cpu.cpp calls in only after __builtin_cpu_supports("avx2") and ("fma").  Only intrinsics and plain
+// C are used (no STL), and everything but the three entry points has internal linkage.
+//
+// Layout of one query chunk (M = 8*MV query rows), all tiles L1-sized:
+//   Qt[d][M]   query chunk, transposed and pre-multiplied by the softmax scale
+//   S[KC][M]   score / probability tile, KEY-major: row j is one vector per 8 query rows, so the running max,
+//              exp and row sums are plain vector ops with no horizontal reduction
+//   Ot[d][M]   un-normalised output, transposed; rescaled by alpha = exp(m_old - m_new) per chunk
+//   m[M], l[M] running max and running sum (online softmax)
+// K and V are read in place from the input tensors (no gather); a key tile of KJ rows clamps its row pointers to
+// the chunk and masks the surplus rows to -inf.
+#include "block_sparse_cpu.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#define DENDRITIC_AVX2 __attribute__((target("avx2,fma"), always_inline)) inline
+
+namespace dendritic {
+namespace {
+
+constexpr int KC = 32;  // keys per score tile
+constexpr int KJ = 8;   // keys per Q.K^T register tile
+constexpr int DD = 8;   // head dims per P.V register tile
+
+// e^x for x <= 88; exactly 0 for x < -87.3 (below FLT_MIN, and for -inf / NaN from masked entries).
+// Cody-Waite range reduction x = k ln2 + r (|r| <= ln2/2), degree-7 Taylor series of e^r (relative error < 6e-9),
+// then 2^k built in the exponent bits (k lies in [-126, 128) for the live inputs).
+DENDRITIC_AVX2 __m256 exp_ps(__m256 x) {
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
+  const __m256 xs = _mm256_blendv_ps(_mm256_set1_ps(-87.3f), x, live);  // keep k in range for the dead lanes
+  const __m256 kf = _mm256_round_ps(_mm256_mul_ps(xs, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(0.693359375f), xs);  // ln2 split into an exact high part ...
+  r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(-2.12194440e-4f), r);       // ... and the rest
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+
+// S[0:KJ rows] = Qt^T K for KJ keys starting at key j0 of the chunk; masks keys >= kc and padded keys; folds the
+// tile max into mt.
+template <int MV>
+DENDRITIC_AVX2 void qk_tile(const float* __restrict Qt, const float* __restrict Kc, int64_t d, int j0, int kc,
+                              const uint8_t* valid, float* __restrict S, __m256* mt) {
+  constexpr int M = 8 * MV;
+  const float* kp[KJ];
+  for (int u = 0; u < KJ; ++u) kp[u] = Kc + (int64_t)(j0 + u < kc ? j0 + u : kc - 1) * d;
+  __m256 acc[KJ][MV];
+  for (int u = 0; u < KJ; ++u)
+    for (int w = 0; w < MV; ++w) acc[u][w] = _mm256_setzero_ps();
+  for (int64_t e = 0; e < d; ++e) {
+    __m256 qv[MV];
+    for (int w = 0; w < MV; ++w) qv[w] = _mm256_load_ps(Qt + e * M + 8 * w);
+    for (int u = 0; u < KJ; ++u) {
+      const __m256 kb = _mm256_set1_ps(kp[u][e]);
+      for (int w = 0; w < MV; ++w) acc[u][w] = _mm256_fmadd_ps(kb, qv[w], acc[u][w]);
+    }
+  }
+  const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+  for (int u = 0; u < KJ; ++u) {
+    const int j = j0 + u;
+    const bool dead = j >= kc || (valid != nullptr && !valid[j]);
+    for (int w = 0; w < MV; ++w) {
+      const __m256 s = dead ? ninf : acc[u][w];
+      mt[w] = _mm256_max_ps(mt[w], s);
+      _mm256_store_ps(S + (int64_t)j * M + 8 * w, s);
+    }
+  }
+}
+
+// Ot[e0:e0+T] = Ot[e0:e0+T] * alpha + V[:, e0:e0+T]^T P   (P = S after exp), for one query chunk.
+template <int MV, int T>
+DENDRITIC_AVX2 void pv_tile(const float* __restrict S, const float* __restrict Vc, int64_t d, int64_t e0, int kc,
+                              const __m256* alpha, float* __restrict Ot) {
+  constexpr int M = 8 * MV;
+  __m256 acc[T][MV];
+  for (int t = 0; t < T; ++t)
+    for (int w = 0; w < MV; ++w) acc[t][w] = _mm256_mul_ps(_mm256_load_ps(Ot + (e0 + t) * M + 8 * w), alpha[w]);
+  for (int j = 0; j < kc; ++j) {
+    __m256 pv[MV];
+    for (int w = 0; w < MV; ++w) pv[w] = _mm256_load_ps(S + (int64_t)j * M + 8 * w);
+    const float* vr = Vc + (int64_t)j * d + e0;
+    for (int t = 0; t < T; ++t) {
+      const __m256 vb = _mm256_set1_ps(vr[t]);
+      for (int w = 0; w < MV; ++w) acc[t][w] = _mm256_fmadd_ps(vb, pv[w], acc[t][w]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int w = 0; w < MV; ++w) _mm256_store_ps(Ot + (e0 + t) * M + 8 * w, acc[t][w]);
+}
+
+// One chunk of kc <= KC keys (rows Kc/Vc, in place): scores, online-softmax update, P.V.
+template <int MV>
+DENDRITIC_AVX2 void key_chunk(const float* Qt, const float* Kc, const float* Vc, int64_t d, int kc,
+                                const uint8_t* valid, float* S, float* Ot, __m256* m, __m256* l) {
+  constexpr int M = 8 * MV;
+  __m256 mt[MV];
+  for (int w = 0; w < MV; ++w) mt[w] = _mm256_set1_ps(-__builtin_inff());
+  for (int j0 = 0; j0 < kc; j0 += KJ) qk_tile<MV>(Qt, Kc, d, j0, kc, valid, S, mt);
+
+  __m256 mu[MV], alpha[MV], rs[MV];
+  for (int w = 0; w < MV; ++w) {
+    const __m256 mn = _mm256_max_ps(m[w], mt[w]);
+    // A row that has seen no live key yet keeps m = -inf; subtract 0 instead so nothing becomes NaN.
+    const __m256 dead = _mm256_cmp_ps(mn, _mm256_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+    mu[w] = _mm256_blendv_ps(mn, _mm256_setzero_ps(), dead);
+    alpha[w] = exp_ps(_mm256_sub_ps(m[w], mu[w]));
+    m[w] = mn;
+    rs[w] = _mm256_setzero_ps();
+  }
+  for (int j = 0; j < kc; ++j) {
+    for (int w = 0; w < MV; ++w) {
+      float* sp = S + (int64_t)j * M + 8 * w;
+      const __m256 p = exp_ps(_mm256_sub_ps(_mm256_load_ps(sp), mu[w]));
+      rs[w] = _mm256_add_ps(rs[w], p);
+      _mm256_store_ps(sp, p);
+    }
+  }
+  for (int w = 0; w < MV; ++w) l[w] = _mm256_fmadd_ps(l[w], alpha[w], rs[w]);
+
+  int64_t e0 = 0;
+  for (; e0 + DD <= d; e0 += DD) pv_tile<MV, DD>(S, Vc, d, e0, kc, alpha, Ot);
+  for (; e0 < d; ++e0) pv_tile<MV, 1>(S, Vc, d, e0, kc, alpha, Ot);
+}
+
+template <int MV>
+__attribute__((target("avx2,fma"))) void run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
+  constexpr int M = 8 * MV;
+  const int64_t d = p.d, n = p.n, bs = p.block_size, nb = p.nb;
+  const int64_t bh = task / nb, qb = task % nb, b = bh / p.H;
+  const float* Qh = static_cast<const float*>(p.q) + bh * n * d;
+  const float* Kh = static_cast<const float*>(p.k) + bh * n * d;
+  const float* Vh = static_cast<const float*>(p.v) + bh * n * d;
+  float* Oh = static_cast<float*>(p.out) + bh * n * d;
+  const int64_t nk = p.nblk[task];
+  const int32_t* idx = p.idx + task * nb;
+  const uint8_t* kvalid = p.key_valid ? p.key_valid + b * n : nullptr;
+  const uint8_t* bfull = p.block_full ? p.block_full + b * nb : nullptr;
+
+  float* Qt = scratch;       // d * M
+  float* Ot = Qt + d * M;    // d * M
+  float* S = Ot + d * M;     // KC * M
+  const float c = (float)p.scale;  // natural-log units, like torch: a power-of-2 scale stays exact
+
+  const int64_t q0 = qb * bs, qrows = (bs < n - q0) ? bs : n - q0;
+  for (int64_t r0 = 0; r0 < qrows; r0 += M) {
+    const int64_t rows = (M < qrows - r0) ? M : qrows - r0;
+    const float* Qr = Qh + (q0 + r0) * d;
+    for (int64_t e = 0; e < d; ++e)
+      for (int64_t i = 0; i < M; ++i) Qt[e * M + i] = i < rows ? Qr[i * d + e] * c : 0.0f;
+    for (int64_t x = 0; x < d * M; x += 8) _mm256_store_ps(Ot + x, _mm256_setzero_ps());
+    __m256 m[MV], l[MV];
+    for (int w = 0; w < MV; ++w) {
+      m[w] = _mm256_set1_ps(-__builtin_inff());
+      l[w] = _mm256_setzero_ps();
+    }
+    for (int64_t s = 0; s < nk; ++s) {
+      const int64_t k0 = (int64_t)idx[s] * bs;
+      const int64_t kcount = (bs < n - k0) ? bs : n - k0;
+      const uint8_t* valid = (kvalid && !bfull[idx[s]]) ? kvalid + k0 : nullptr;
+      for (int64_t c0 = 0; c0 < kcount; c0 += KC) {
+        const int kc = (int)((KC < kcount - c0) ? KC : kcount - c0);
+        key_chunk<MV>(Qt, Kh + (k0 + c0) * d, Vh + (k0 + c0) * d, d, kc, valid ? valid + c0 : nullptr, S, Ot, m, l);
+      }
+    }
+    float inv[M];
+    for (int w = 0; w < MV; ++w) {
+      const __m256 live = _mm256_cmp_ps(l[w], _mm256_setzero_ps(), _CMP_GT_OQ);
+      _mm256_storeu_ps(inv + 8 * w, _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), l[w]), live));
+    }
+    float* Or = Oh + (q0 + r0) * d;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t e = 0; e < d; ++e) Or[i * d + e] = Ot[e * M + i] * inv[i];
+  }
+}
+
+}  // namespace
+
+bool avx2_compiled() { return true; }
+
+int64_t avx2_scratch_floats(const BlockSparseParams& p) { return (2 * p.d + KC) * 32 + 16; }
+
+void avx2_run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
+  if (p.block_size <= 8)
+    run_task<1>(p, task, scratch);
+  else if (p.block_size <= 16)
+    run_task<2>(p, task, scratch);
+  else
+    run_task<4>(p, task, scratch);
+}
+
+}  // namespace dendritic
+
+#else  // not x86-64: no AVX2 path
+
+namespace dendritic {
+bool avx2_compiled() { return false; }
+int64_t avx2_scratch_floats(const BlockSparseParams&) { return 0; }
+void avx2_run_task(const BlockSparseParams&, int64_t, float*) {}
+}  // namespace dendritic
+
+#endif

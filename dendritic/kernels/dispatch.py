@@ -1,0 +1,57 @@
+"""``"auto"``: per call, the path that fits the mask — the block-sparse kernel, or masked dense SDPA — from a cost
+model fitted by a benchmark and stored as data (``dispatch_costs.json`` beside this file, written by
+``python -m reproduce.bench.dispatch``).
+
+Both paths compute the same function (``masked_sdpa`` expands the block mask to a token mask), so the choice changes
+time, never the output beyond float tolerance.  The model predicts milliseconds per call::
+
+    sparse ≈ a + b·(B·H·nb) + c·(B·H·kept·bs²·d)        per-task overhead + the kept blocks' work
+    dense  ≈ a + b·(B·H·n²) + c·(B·H·n²·d)              mask expansion / softmax + the full attention's work
+
+(non-negative least squares per device kind) and ``"auto"`` runs the cheaper.  ``kept`` is the *expected* kept
+fraction — the head budgets' keep share, raised to the safety floor's — known on the host without reading a tensor
+(no device synchronisation in the forward pass); the achieved sparsity of the call is recorded beside the path.
+A device kind with no fitted model runs ``masked_sdpa`` (dense speed, nothing to lose) and says so in the path name.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "predict_ms"]
+
+COST_FILE = Path(__file__).resolve().parent / "dispatch_costs.json"
+SPARSE_BACKEND = {"cpu": "cpu", "cuda": "cupy"}
+
+
+@lru_cache(maxsize=1)
+def cost_model() -> dict:
+    """The fitted coefficients per device kind ({} when no benchmark has been stored)."""
+    return json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {}
+
+
+def expected_keep(budgets: list[float], n: int, block_size: int, dense_cls_row: bool) -> float:
+    """Kept fraction of the blocks a layer is expected to compute: mean over heads of max(1 − budget, floor share)."""
+    nb = -(-n // block_size)
+    floor = min(1.0, (3 * nb - 2 if dense_cls_row else 2 * nb - 1) / nb**2) if nb > 1 else 1.0
+    return sum(max(1.0 - float(s), floor) for s in budgets) / max(len(budgets), 1)
+
+
+def predict_ms(coeffs: dict, B: int, H: int, n: int, d: int, block_size: int, keep: float) -> dict[str, float]:
+    nb = -(-n // block_size)
+    s, dn = coeffs["sparse"], coeffs["dense"]
+    return {
+        "sparse": s["a"] + s["b"] * B * H * nb + s["c"] * B * H * keep * nb * nb * block_size**2 * d,
+        "dense": dn["a"] + dn["b"] * B * H * n * n + dn["c"] * B * H * n * n * d,
+    }
+
+
+def choose_backend(device_type: str, B: int, H: int, n: int, d: int, block_size: int, keep: float) -> str:
+    """``"cpu"``/``"cupy"`` (block-sparse) or ``"masked_sdpa"`` for one call; see the module docstring."""
+    coeffs = cost_model().get(device_type)
+    if coeffs is None or device_type not in SPARSE_BACKEND:
+        return "masked_sdpa"
+    t = predict_ms(coeffs, B, H, n, d, block_size, keep)
+    return SPARSE_BACKEND[device_type] if t["sparse"] < t["dense"] else "masked_sdpa"

@@ -1,0 +1,147 @@
+"""Fit the cost model of ``attention_backend="auto"``: the block-sparse ``cpu`` kernel vs masked dense SDPA.
+
+Over a grid of shapes (n, block size, kept fraction, batch, head dim; H = 12, fp32, random masks with the safety floor)
+both paths are timed INTERLEAVED on the same inputs (after a check that they agree), then each path's time is fitted
+by non-negative least squares, relative error weighted (``dendritic.kernels.dispatch`` documents the two formulas)::
+
+    sparse ≈ a + b·(B·H·nb) + c·(B·H·kept_blocks·bs²·d)        dense ≈ a + b·(B·H·n²) + c·(B·H·n²·d)
+
+The coefficients go to ``dendritic/kernels/dispatch_costs.json`` (package data, read by ``"auto"``), every timed row
+and the fit's quality — how often the model picks the faster path, and the worst time lost when it does not — to
+``reproduce/results/dispatch/summary.json``.  Time it on idle cores (the load average is recorded).
+
+    python -m reproduce.bench.dispatch            # ~5 min on 2 idle cores
+    python -m reproduce.bench.dispatch --quick    # a few shapes (tests; does not touch the package's cost file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dendritic.bench import block_mask_for_sparsity, interleaved, load_average
+from dendritic.kernels import block_sparse_attention
+from dendritic.kernels.dispatch import COST_FILE, predict_ms
+from dendritic.kernels.layout import dense_to_block_mask
+from dendritic.provenance import atomic_write_json, provenance
+
+from ..paths import RESULTS
+
+H = 12
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
+    p.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 16, 64])
+    p.add_argument("--keeps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="target kept fractions")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--head-dims", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--max-call-s", type=float, default=0.6, help="skip shapes whose calls take longer than this")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="a few shapes; writes only --out (default a temp-style path)")
+    p.add_argument("--out", type=Path, default=RESULTS / "dispatch" / "summary.json")
+    p.add_argument("--cost-file", type=Path, default=COST_FILE)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths, args.blocks, args.keeps, args.batches, args.head_dims, args.rounds = [64, 256], [4, 64], [0.5], [1], [32], 3
+    return args
+
+
+def time_shape(B: int, n: int, d: int, bs: int, keep: float, rounds: int) -> dict:
+    g = torch.Generator().manual_seed(n * 31 + bs)
+    q, k, v = (torch.randn(B, H, n, d, generator=g) for _ in range(3))
+    nb = -(-n // bs)
+    mask = block_mask_for_sparsity(B, H, nb, 1.0 - keep, seed=n + bs)
+    kvn, kvi = dense_to_block_mask(mask)
+    kept = float(mask.float().mean())
+    fns = {path: (lambda p=path: block_sparse_attention(q, k, v, kvn, kvi, block_size=bs, backend=p))
+           for path in ("cpu", "masked_sdpa")}
+    torch.testing.assert_close(fns["cpu"](), fns["masked_sdpa"](), rtol=1e-4, atol=1e-4)  # the same function
+    times = interleaved(fns, rounds)
+    return {"B": B, "H": H, "n": n, "d": d, "block_size": bs, "kept": kept,
+            **{f"{p}_ms": statistics.median(ts) * 1e3 for p, ts in times.items()}}
+
+
+def fit(rows: list[dict]) -> dict:
+    """NNLS per path, each row weighted by 1 / its time (relative error)."""
+    from scipy.optimize import nnls
+
+    def solve(features, target):
+        A, y = np.asarray(features, float), np.asarray(target, float)
+        w = 1.0 / y
+        coef, _ = nnls(A * w[:, None], y * w)
+        return coef
+
+    sparse = solve([[1, r["B"] * H * -(-r["n"] // r["block_size"]),
+                     r["B"] * H * r["kept"] * (-(-r["n"] // r["block_size"])) ** 2 * r["block_size"] ** 2 * r["d"]]
+                    for r in rows], [r["cpu_ms"] for r in rows])
+    dense = solve([[1, r["B"] * H * r["n"] ** 2, r["B"] * H * r["n"] ** 2 * r["d"]] for r in rows],
+                  [r["masked_sdpa_ms"] for r in rows])
+    return {"sparse": dict(zip("abc", map(float, sparse))), "dense": dict(zip("abc", map(float, dense)))}
+
+
+def evaluate(coeffs: dict, rows: list[dict]) -> dict:
+    """How well the fitted rule picks the faster path on the timed shapes."""
+    right, regret = 0, []
+    for r in rows:
+        t = predict_ms(coeffs, r["B"], H, r["n"], r["d"], r["block_size"], r["kept"])
+        pick = "cpu" if t["sparse"] < t["dense"] else "masked_sdpa"
+        best = min(r["cpu_ms"], r["masked_sdpa_ms"])
+        r["auto_choice"] = pick
+        r["auto_over_best"] = r[f"{pick}_ms"] / best
+        right += r[f"{pick}_ms"] == best
+        regret.append(r["auto_over_best"])
+    return {"shapes": len(rows), "picks_faster": right, "worst_time_over_best": max(regret) if regret else None,
+            "median_time_over_best": statistics.median(regret) if regret else None}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    payload = {"rows": [], "provenance": {**provenance(), "loadavg_start": load_average(), "threads": torch.get_num_threads(),
+                                          "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}}
+    t0 = time.time()
+    slow: set[tuple] = set()
+    with torch.inference_mode():
+        for d in args.head_dims:
+            for B in args.batches:
+                for n in args.lengths:
+                    for bs in (b for b in args.blocks if b <= n):
+                        for keep in args.keeps:
+                            if (B, d, bs) in slow:
+                                continue
+                            row = time_shape(B, n, d, bs, keep, args.rounds)
+                            payload["rows"].append(row)
+                            if max(row["cpu_ms"], row["masked_sdpa_ms"]) / 1e3 > args.max_call_s:
+                                slow.add((B, d, bs))
+                            print(f"B={B} d={d} n={n} b={bs} kept={row['kept']:.2f}: cpu {row['cpu_ms']:.2f} ms, "
+                                  f"masked sdpa {row['masked_sdpa_ms']:.2f} ms", flush=True)
+    coeffs = fit(payload["rows"])
+    payload["fit"] = {"coefficients": coeffs, **evaluate(coeffs, payload["rows"])}
+    payload["provenance"].update(loadavg_end=load_average(), wall_s=round(time.time() - t0, 1))
+    atomic_write_json(args.out, payload)
+    if not args.quick:
+        costs = json.loads(args.cost_file.read_text()) if args.cost_file.exists() else {}
+        costs["cpu"] = {**coeffs, "fitted_by": "python -m reproduce.bench.dispatch", "shapes": len(payload["rows"]),
+                        "cpu": payload["provenance"]["cpu"], "threads": torch.get_num_threads(),
+                        "loadavg_start": payload["provenance"]["loadavg_start"], "created": payload["provenance"]["created"]}
+        atomic_write_json(args.cost_file, costs)
+    f = payload["fit"]
+    print(f"fit: picks the faster path on {f['picks_faster']}/{f['shapes']} shapes; worst {f['worst_time_over_best']:.2f}x "
+          f"the faster path's time; wrote {args.out}" + ("" if args.quick else f" and {args.cost_file}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The fused C++ inference path of the learned policy is the same function as the Python modules: identical hard
+masks, compact layout and achieved sparsity on random models and inputs (padding, gating on/off, the dense [CLS] row
+on/off, block sizes 1-9, per-head budgets, trained-looking thresholds and gates); the relaxed keep fraction agrees to
+float tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dendritic import DendriticBertModel, DendriticConfig
+from dendritic.kernels.layout import dense_to_block_mask
+
+
+def _model(block_size: int, gating: bool, dense_cls_row: bool, seed: int) -> DendriticBertModel:
+    torch.manual_seed(seed)
+    cfg = DendriticConfig.from_preset("smoke", vocab_size=500, block_size=block_size, gating=gating,
+                                      dense_cls_row=dense_cls_row, num_hidden_layers=2)
+    model = DendriticBertModel(cfg).eval()
+    with torch.no_grad():  # a trained-looking policy: non-zero gate output, threshold offsets, uneven budgets
+        for attn in model.dendritic_layers():
+            attn.gate.mlp[-1].weight.normal_(0, 0.5)
+            attn.gate.mlp[-1].bias.normal_(0, 0.5)
+            attn.perforation.offset.normal_(0, 0.5)
+        model.set_head_budgets(torch.rand(2, 4) * 0.9)
+    return model
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 80), B=st.integers(1, 3), block=st.integers(1, 9), gating=st.booleans(),
+       dense_cls_row=st.booleans(), seed=st.integers(0, 2**16), data=st.data())
+def test_fused_policy_equals_the_python_modules(n, B, block, gating, dense_cls_row, seed, data):
+    model = _model(block, gating, dense_cls_row, seed)
+    lengths = data.draw(st.lists(st.integers(1, n), min_size=B, max_size=B))
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 500, (B, n), generator=g)
+    mask = (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        model.set_fused_policy(True)
+        fused = model(ids, attention_mask=mask, output_block_masks=True, attention_backend="reference")
+        model.set_fused_policy(False)
+        python = model(ids, attention_mask=mask, output_block_masks=True, attention_backend="reference")
+    assert fused.policy_impl == ("fused", "fused") and python.policy_impl == ("python", "python")
+    for a, b in zip(fused.block_masks, python.block_masks):
+        assert torch.equal(a, b)
+    assert torch.equal(fused.block_sparsity, python.block_sparsity)
+    assert torch.equal(fused.last_hidden_state, python.last_hidden_state)
+    torch.testing.assert_close(fused.keep_fraction, python.keep_fraction, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.keep_target, python.keep_target, atol=0, rtol=0)
+
+
+def test_fused_layout_is_the_kernels_layout():
+    model = _model(4, True, True, 0)
+    attn = model.encoder.layer[0].attention.self
+    x = torch.randn(2, 37, model.config.hidden_size)
+    pad = torch.ones(2, 37, dtype=torch.bool)
+    pad[1, 20:] = False
+    shape = (2, 37, -1, attn.attention_head_size)
+    q, k = (p(x).view(shape).transpose(1, 2) for p in (attn.query, attn.key))
+    with torch.no_grad():
+        out = attn.block_policy(x, q, k, pad, model.policy_call())
+    assert out.impl == "fused"
+    kvn, kvi = dense_to_block_mask(out.hard)
+    assert torch.equal(kvn, out.kv_num_blocks) and torch.equal(kvi, out.kv_indices)
+
+
+def test_training_and_other_policies_use_the_python_modules():
+    model = _model(4, True, True, 1)
+    ids = torch.randint(0, 500, (2, 30))
+    model.train()
+    assert model(ids).policy_impl == ("python", "python")  # relaxed masks need autograd
+    model.eval()
+    with torch.no_grad():
+        assert model(ids, policy="training_free").policy_impl == ("python", "python")
+        assert model(ids).policy_impl == ("fused", "fused")
+    with torch.enable_grad():  # a forward that records gradients keeps the differentiable path
+        assert model(ids).policy_impl == ("python", "python")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_tiny_inputs(n):
+    model = _model(4, True, True, 2)
+    with torch.no_grad():
+        out = model(torch.randint(0, 500, (1, n)), output_block_masks=True)
+    assert out.policy_impl == ("fused", "fused") and float(out.block_sparsity.max()) == 0.0
