@@ -17,7 +17,7 @@ compiler = pytest.importorskip("cupy.cuda.compiler", reason="CuPy not installed 
 
 SOURCES = sorted(cupy_backend.CUDA_DIR.glob("*.cu"))
 # The variants each source must instantiate, by file name; a new .cu file must be listed here.
-NAME_EXPRESSIONS = {"block_sparse_attention.cu": cupy_backend.kernel_names()}
+NAME_EXPRESSIONS = {spec["source"]: cupy_backend.kernel_names(kind) for kind, spec in cupy_backend.KERNELS.items()}
 
 
 def _numbered(src: str) -> str:

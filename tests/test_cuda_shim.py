@@ -1,8 +1,10 @@
-"""Run the unmodified ``cuda/block_sparse_attention.cu`` on the CPU through ``tests/cuda_shim`` and compare it
-with the reference backend — the kernel's indexing, masking, online softmax and barriers, checked without a GPU.
+"""Run the unmodified CUDA kernels of ``dendritic/kernels/cuda/`` on the CPU through ``tests/cuda_shim`` and compare
+them with the reference — indexing, masking, online softmax, barriers and (for the tensor-core kernel) the WMMA
+fragment traffic, checked without a GPU.
 
-Each CUDA thread is a ``std::thread`` (see ``cuda_shim/cuda_shim.h``), so shapes stay tiny.  A build whose
-``__syncthreads()`` is a no-op must fail the same comparison: the test of the test.
+Each CUDA thread is a ``std::thread`` (see ``cuda_shim/cuda_shim.h``; WMMA is ``cuda_shim/wmma/mma.h``), so shapes
+stay tiny.  Builds whose ``__syncthreads()`` is a no-op, or whose tensor core drops the accumulator input, must fail
+the same comparisons: the tests of the tests.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import torch
 
 from dendritic.kernels import reference_attention, validate_inputs
+from dendritic.kernels.checks import FLOOR, dense_attention, token_mask
 from dendritic.kernels.layout import dense_to_block_mask, random_block_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +33,10 @@ TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 2e-3), torch.bfloat16:
 def _host_include_flags() -> list[str]:
     """-I/-idirafter flags that give a host compiler cuda_fp16.h/cuda_bf16.h: a CUDA toolkit if there is one,
     else the nvidia-cuda-runtime wheel's headers completed by the shim's crt/host_defines.h and CuPy's CCCL."""
+    wmma = f"-I{SHIM / 'wmma'}"  # the host WMMA comes before any CUDA include directory
     for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if root and (Path(root) / "include" / "crt" / "host_defines.h").is_file():
-            return [f"-I{Path(root) / 'include'}"]
+            return [wmma, f"-I{Path(root) / 'include'}"]
     flags = []
     spec = importlib.util.find_spec("nvidia")
     for base in spec.submodule_search_locations if spec else []:
@@ -43,7 +47,7 @@ def _host_include_flags() -> list[str]:
     if spec and spec.origin:
         cccl = Path(spec.origin).parent / "_core" / "include" / "cupy" / "_cccl" / "libcudacxx"
         flags.append(f"-idirafter{cccl}")
-    return [*flags, f"-idirafter{SHIM / 'fallback'}"] if any(f.startswith("-I") for f in flags) else []
+    return [wmma, *flags, f"-idirafter{SHIM / 'fallback'}"] if any(f.startswith("-I") for f in flags) else []
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def shim_libs(tmp_path_factory) -> dict[str, ctypes.CDLL]:
     if not includes:
         pytest.skip("no cuda_fp16.h: install a CUDA toolkit or the cuda extra (pip install 'dendritic-bert[cuda]')")
     out = tmp_path_factory.mktemp("cuda_shim")
-    builds = {"ok": [], "no_syncthreads": ["-DSHIM_NO_SYNCTHREADS"]}
+    builds = {"ok": [], "no_syncthreads": ["-DSHIM_NO_SYNCTHREADS"], "wmma_drop_c": ["-DSHIM_WMMA_DROP_C"]}
     procs = {}
     for name, extra in builds.items():
         cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", *includes, *extra,
@@ -67,19 +71,20 @@ def shim_libs(tmp_path_factory) -> dict[str, ctypes.CDLL]:
         log, _ = proc.communicate()
         assert proc.returncode == 0, f"shim build failed: {' '.join(cmd)}\n{log}"
         lib = ctypes.CDLL(str(out / f"{name}.so"))
-        lib.dbsa_shim_fwd.restype = ctypes.c_int
-        lib.dbsa_shim_fwd.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3 + [ctypes.c_float]
+        for fn in (lib.dbsa_shim_fwd, lib.dbsa_shim_fwd_tc):
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3 + [ctypes.c_float]
         libs[name] = lib
     return libs
 
 
-def _shim_attention(lib, q, k, v, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale):
-    """The kernel's (out, lse) for CPU tensors, through the shim."""
+def _shim_attention(lib, q, k, v, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale, tc=False):
+    """The kernel's (out, lse) for CPU tensors, through the shim (``tc``: the tensor-core kernel)."""
     B, H, n, d = q.shape
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
     lse = torch.full((B, H, n), float("nan"), dtype=torch.float32)
     pad = key_padding_mask.to(torch.uint8).contiguous() if key_padding_mask is not None else None
-    rc = lib.dbsa_shim_fwd(
+    rc = (lib.dbsa_shim_fwd_tc if tc else lib.dbsa_shim_fwd)(
         DTYPE_CODE[q.dtype], d, block_size, q.data_ptr(), k.data_ptr(), v.data_ptr(), kv_num_blocks.data_ptr(),
         kv_indices.data_ptr(), pad.data_ptr() if pad is not None else None, out.data_ptr(), lse.data_ptr(),
         B, H, n, scale * math.log2(math.e),
@@ -160,3 +165,141 @@ def test_shim_without_barrier_fails(shim_libs):
         except AssertionError:
             failures += 1
     assert failures > 0, "a kernel without barriers passed the shim comparison: the shim test cannot fail"
+
+
+# -- the tensor-core kernel (fp16 / bf16, WMMA) ------------------------------------------------------------------
+TC_CASES = {
+    # name: (B, H, n, d, block, keep_fraction, floor, pad_tail, dtype)
+    "tc_partial_last_block_padding_f16": (1, 2, 77, 32, 16, 0.4, True, 9, torch.float16),
+    "tc_floor_only_bf16": (1, 2, 80, 32, 16, 0.0, True, 0, torch.bfloat16),
+    "tc_dense_f16": (1, 1, 48, 32, 16, 1.0, True, 0, torch.float16),
+    "tc_empty_rows_no_floor_bf16": (1, 2, 64, 32, 16, 0.3, False, 5, torch.bfloat16),
+    "tc_d64_block32_partial_bf16": (1, 1, 70, 64, 32, 0.5, True, 3, torch.bfloat16),
+    # d=128, block 64: two 32-key tiles per key block; n=100 leaves 4 keys in the last tile
+    "tc_d128_block64_two_tiles_f16": (1, 1, 100, 128, 64, 0.5, True, 6, torch.float16),
+}
+
+
+def _tc_errors(lib, name):
+    """The tensor-core kernel against fp64, by flash-attention's rule (error <= 2 x torch's own error in the dtype
+    + a small floor), and its log-sum-exp."""
+    B, H, n, d, bs, kf, floor, pad_tail, dtype = TC_CASES[name]
+    q, k, v, nkb, idx, kw = _case(B, H, n, d, bs, kf, floor=floor, pad_tail=pad_tail, dtype=dtype, seed=n + d)
+    out, lse = _shim_attention(lib, q, k, v, nkb, idx, **kw, tc=True)
+    tok = token_mask(nkb, idx, bs, n, kw["key_padding_mask"])
+    ref, ref_lse = dense_attention(q, k, v, tok, kw["scale"], torch.float64)
+    own, _ = dense_attention(q, k, v, tok, kw["scale"], dtype)
+    err, allowed = (out.double() - ref).abs().max().item(), 2 * (own.double() - ref).abs().max().item() + FLOOR[dtype]
+    return out, lse, ref_lse, nkb, err, allowed
+
+
+@pytest.mark.parametrize("name", list(TC_CASES))
+def test_tensor_core_kernel_matches_fp64(shim_libs, name):
+    out, lse, ref_lse, nkb, err, allowed = _tc_errors(shim_libs["ok"], name)
+    assert not out.isnan().any(), "an output element was never written (or is NaN)"
+    assert err <= allowed, f"error {err:.3g} > allowed {allowed:.3g}"
+    live = ref_lse.isfinite()
+    assert (lse[~live] == float("-inf")).all()
+    torch.testing.assert_close(lse[live].double(), ref_lse[live], atol=1e-3, rtol=1e-3)
+    if "empty_rows" in name:
+        assert (nkb == 0).any()
+
+
+@pytest.mark.parametrize("build", ["no_syncthreads", "wmma_drop_c"])
+def test_broken_tensor_core_builds_fail(shim_libs, build):
+    """A kernel without barriers, or a tensor core that drops its accumulator input, must fail the comparison."""
+    failures = 0
+    for name in ("tc_partial_last_block_padding_f16", "tc_d128_block64_two_tiles_f16"):
+        out, lse, ref_lse, nkb, err, allowed = _tc_errors(shim_libs[build], name)
+        failures += bool(out.isnan().any() or not err <= allowed)
+    assert failures > 0, f"the {build} build passed: the tensor-core shim test cannot fail"
+
+
+# -- the backward kernel (dQ, dK, dV) -------------------------------------------------------------------------------
+BWD_CASES = {
+    # name: (B, H, n, d, block, keep_fraction, floor, pad_tail, dtype)
+    "bwd_partial_last_block_padding_f32": (1, 2, 45, 32, 16, 0.5, True, 5, torch.float32),
+    "bwd_floor_only_f16": (1, 1, 40, 32, 16, 0.0, True, 0, torch.float16),
+    "bwd_d64_block32_bf16": (1, 1, 70, 64, 32, 0.6, True, 3, torch.bfloat16),
+    "bwd_empty_rows_no_floor_f32": (1, 2, 48, 32, 16, 0.3, False, 4, torch.float32),
+    "bwd_dense_d64_f32": (1, 1, 64, 64, 32, 1.0, True, 0, torch.float32),
+}
+
+
+def _attention_with_grad(q, k, v, tok, scale, dtype, dout):
+    """Masked attention in ``dtype`` and its gradients (rows with no kept real key: output 0, no gradient)."""
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    live = tok.any(-1, keepdim=True)  # (B, H, n, 1)
+    logits = (qd @ kd.transpose(-1, -2)) * scale
+    logits = logits.masked_fill(~tok, float("-inf")).masked_fill(~live, 0.0)
+    probs = torch.softmax(logits, dim=-1) * live
+    out = probs @ vd
+    out.backward(dout.to(dtype))
+    return out.detach(), qd.grad, kd.grad, vd.grad
+
+
+def _bwd_errors(lib, name):
+    B, H, n, d, bs, kf, floor, pad_tail, dtype = BWD_CASES[name]
+    q, k, v, nkb, idx, kw = _case(B, H, n, d, bs, kf, floor=floor, pad_tail=pad_tail, dtype=dtype, seed=n * d)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    tok = token_mask(nkb, idx, bs, n, kw["key_padding_mask"])
+    ref = _attention_with_grad(q, k, v, tok, kw["scale"], torch.float64, dout)
+    own = _attention_with_grad(q, k, v, tok, kw["scale"], dtype if dtype != torch.float16 else torch.float32, dout)
+    _, ref_lse = dense_attention(q, k, v, tok, kw["scale"], torch.float64)
+    out = ref[0].to(dtype)  # the forward's output, as the kernel would have written it
+    delta = (dout.float() * out.float()).sum(-1).contiguous()  # (B, H, n)
+    from dendritic.kernels.layout import block_mask_to_dense
+
+    keep_t = block_mask_to_dense(nkb, idx, nkb.shape[-1]).transpose(-1, -2).contiguous()  # by key block
+    qn, qi = dense_to_block_mask(keep_t)
+    dq = torch.zeros(q.shape, dtype=torch.float32)
+    dk, dv = torch.full_like(k, float("nan")), torch.full_like(v, float("nan"))  # poisoned: all must be written
+    pad = kw["key_padding_mask"].to(torch.uint8).contiguous() if kw["key_padding_mask"] is not None else None
+    lse = ref_lse.float().contiguous()
+    lib.dbsa_shim_bwd.restype = ctypes.c_int
+    lib.dbsa_shim_bwd.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 12 + [ctypes.c_int] * 3 + [ctypes.c_float]
+    rc = lib.dbsa_shim_bwd(DTYPE_CODE[dtype], d, bs, q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(),
+                           lse.data_ptr(), delta.data_ptr(), qn.data_ptr(), qi.data_ptr(),
+                           pad.data_ptr() if pad is not None else None, dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                           B, H, n, kw["scale"])
+    assert rc == 0, f"no backward variant for {dtype}, d={d}, block={bs} in the shim library"
+    errors = {}
+    for got, r, o, label in ((dq, ref[1], own[1], "dq"), (dk, ref[2], own[2], "dk"), (dv, ref[3], own[3], "dv")):
+        err = (got.double() - r).abs().max().item()
+        allowed = 2 * (o.double() - r).abs().max().item() + 10 * FLOOR[dtype]
+        errors[label] = (err, allowed, bool(got.isnan().any()))
+    return errors, keep_t, (dk, dv)
+
+
+@pytest.mark.parametrize("name", list(BWD_CASES))
+def test_backward_kernel_matches_fp64_autograd(shim_libs, name):
+    errors, keep_t, (dk, dv) = _bwd_errors(shim_libs["ok"], name)
+    for label, (err, allowed, nan) in errors.items():
+        assert not nan, f"{label}: an element was never written (or is NaN)"
+        assert err <= allowed, f"{label}: error {err:.3g} > allowed {allowed:.3g}"
+    # a key block that no query block keeps gets exactly zero gradient (it is never visited)
+    B, H, n, d, bs, *_ = BWD_CASES[name]
+    for b in range(B):
+        for h in range(H):
+            for j in torch.nonzero(~keep_t[b, h].any(-1)).flatten().tolist():
+                assert (dk[b, h, j * bs:(j + 1) * bs] == 0).all() and (dv[b, h, j * bs:(j + 1) * bs] == 0).all()
+
+
+def test_backward_without_barrier_fails(shim_libs):
+    failures = 0
+    for name in ("bwd_partial_last_block_padding_f32", "bwd_dense_d64_f32"):
+        errors, *_ = _bwd_errors(shim_libs["no_syncthreads"], name)
+        failures += any(nan or err > allowed for err, allowed, nan in errors.values())
+    assert failures > 0, "a backward kernel without barriers passed: the shim test cannot fail"
+
+
+def test_loader_shared_memory_formula_matches_the_kernel(shim_libs):
+    """cupy_backend.tc_shared_bytes (the launch's dynamic shared memory) equals the kernel's own Smem<...>::total."""
+    cupy_backend = pytest.importorskip("dendritic.kernels.cupy_backend")
+    lib = shim_libs["ok"]
+    lib.dbsa_shim_tc_smem.restype = ctypes.c_int
+    for dtype in (torch.float16, torch.bfloat16):
+        for d in (32, 64, 128):
+            for bs in (16, 32, 64):
+                assert lib.dbsa_shim_tc_smem(DTYPE_CODE[dtype], d, bs) == cupy_backend.tc_shared_bytes(dtype, d, bs)
+    assert max(cupy_backend.tc_shared_bytes(torch.float16, d, 64) for d in (32, 64, 128)) <= 160 * 1024  # sm_80

@@ -97,6 +97,28 @@ def test_quick_plans_match_their_committed_reference(tmp_path):
     assert after == committed_before
 
 
+def test_quick_long_plan(tmp_path):
+    """The long-document plan end to end on the smoke preset, one length: long warm-up and phase 2, a dense and a
+    sparsified run, the MLM evaluation and the latency of the same models on the same windows — and its results
+    equal the committed quick reference."""
+    proc = _run("long", "--quick", "--tasks", "96", "--run-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / "results" / "long"
+    comparison = json.loads((results / "comparison.json").read_text())
+    assert comparison["ok"] and {r["cell"] for r in comparison["rows"]} == {
+        "sotu_party/dense-n96-seed0", "sotu_party/dendritic-n96-seed0"}
+    summary = json.loads((results / "summary.json").read_text())
+    rows = summary["rows"]
+    assert {(r["n"], r["batch"]) for r in rows} == {(96, 1), (96, 2)}  # one row per timed batch size
+    for r in rows:
+        assert r["majority_score"] > 0.5 and r["seeds"] == [0] and 0 <= r["achieved_sparsity"] < 1
+        assert r["dense_sdpa_ms"] > 0 and r["dendritic_ms"] > 0 and r["ratio_vs_same_kernel_dense"] > 0
+    assert {m["n"] for m in summary["mlm"]} == {96} and all(m["dense_loss"] > 0 for m in summary["mlm"])
+    run = json.loads((results / "sotu_party" / "dendritic-n96-seed0.json").read_text())
+    assert run["resolved_config"]["init_from"].endswith("long/sotu_party/dense-n96-seed0")  # sparsified from dense
+    assert run["resolved_config"]["distill"] and run["resolved_config"]["max_length"] == 96
+
+
 def test_comparison_fails_outside_tolerance(tmp_path):
     """A cell outside its tolerance fails the comparison; a run the reference lacks is listed, not failed."""
     fresh, ref = tmp_path / "fresh", tmp_path / "ref"

@@ -1,9 +1,20 @@
-"""The "cupy" backend: the fused block-sparse flash-style forward of ``cuda/block_sparse_attention.cu``, compiled by
-NVRTC through CuPy and launched on PyTorch's current CUDA stream, zero-copy on torch tensors.
+"""The "cupy" backend: fused block-sparse attention on the GPU from the CUDA C sources in ``cuda/``, compiled by NVRTC
+through CuPy and launched on PyTorch's current CUDA stream, zero-copy on torch tensors.
+
+Kernels (``KERNELS``; one template instantiation per dtype, head dim and block size):
+
+* ``"tc"``   — ``block_sparse_attention_tc.cu``: the forward on tensor cores (WMMA m16n16k16, fp32 accumulation,
+  online softmax in fp32), for fp16 and bf16;
+* ``"simt"`` — ``block_sparse_attention.cu``: the forward in fp32 SIMT arithmetic, for fp32 inputs (no TF32: the
+  fp32 path keeps fp32 products);
+* ``"bwd"``  — ``block_sparse_attention_bwd.cu``: dQ, dK, dV from O and the log-sum-exp, walking only kept block
+  pairs (fp32 SIMT arithmetic), wrapped with the forward in an ``autograd.Function`` — a skipped block's gradient is
+  exactly zero.
 
 Layers (flash-attention style): :func:`_launch` (compile-once cache, raw launch) → :func:`_check_cuda_inputs`
-(what this kernel supports) → :func:`cupy_attention` (the backend function, the reference's signature) and
-:func:`cupy_attention_forward` (also returns the log-sum-exp for a backward pass).
+(what these kernels support; a clear error naming the supported set, never a fallback) → :func:`cupy_attention`
+(the backend function, the reference's signature; differentiable) and :func:`cupy_attention_forward` (also returns
+the log-sum-exp).  :func:`forward_variant` says which forward kernel a dtype runs (recorded in the model's output).
 
 Importing this module needs CuPy installed but never imports it, nor touches a GPU; CuPy is imported at the
 first launch.
@@ -23,39 +34,69 @@ import torch
 if importlib.util.find_spec("cupy") is None:
     raise ImportError("the 'cupy' backend needs CuPy and the CUDA headers: pip install 'dendritic-bert[cuda]'")
 
+from .layout import block_mask_to_dense, dense_to_block_mask
+
 __all__ = [
     "CUDA_DIR",
+    "KERNELS",
     "SUPPORTED_BLOCK_SIZES",
     "SUPPORTED_DTYPES",
     "SUPPORTED_HEAD_DIMS",
     "cuda_include_dirs",
     "cupy_attention",
     "cupy_attention_forward",
+    "forward_variant",
     "kernel_name",
     "kernel_names",
     "nvrtc_options",
+    "tc_shared_bytes",
 ]
 
 CUDA_DIR = Path(os.environ.get("DENDRITIC_CUDA_DIR", Path(__file__).resolve().parent / "cuda"))  # package data
-SOURCE = "block_sparse_attention.cu"
-KERNEL = "block_sparse_attention_fwd"
 SUPPORTED_DTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}  # C++ types
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_BLOCK_SIZES = (16, 32, 64)
-THREADS = {16: 128, 32: 128, 64: 256}  # block size -> threads per block: Config<D, BS>::kThreads in the .cu
-LOG2E = math.log2(math.e)  # the kernel works with base-2 exponentials
+LOG2E = math.log2(math.e)  # the forward kernels work with base-2 exponentials
 
 
-def kernel_name(dtype: torch.dtype, head_dim: int, block_size: int) -> str:
+# kind -> source file, template name, dtypes it serves, threads per block (keep in sync with the .cu configs).
+KERNELS = {
+    "simt": {"source": "block_sparse_attention.cu", "kernel": "block_sparse_attention_fwd",
+             "dtypes": (torch.float32,), "threads": lambda d, bs: {16: 128, 32: 128, 64: 256}[bs]},
+    "tc": {"source": "block_sparse_attention_tc.cu", "kernel": "block_sparse_attention_fwd_tc",
+           "dtypes": (torch.float16, torch.bfloat16), "threads": lambda d, bs: 32 * (bs // 16)},
+    "bwd": {"source": "block_sparse_attention_bwd.cu", "kernel": "block_sparse_attention_bwd",
+            "dtypes": (torch.float32, torch.float16, torch.bfloat16), "threads": lambda d, bs: bs * (d // 8)},
+}
+
+
+def forward_variant(dtype: torch.dtype) -> str:
+    """The forward kernel a dtype runs: "tc" (tensor cores) for fp16/bf16, "simt" for fp32."""
+    return "tc" if dtype in KERNELS["tc"]["dtypes"] else "simt"
+
+
+def kernel_name(kind: str, dtype: torch.dtype, head_dim: int, block_size: int) -> str:
     """The template instantiation of one variant, as passed to NVRTC's ``name_expressions``."""
-    return f"{KERNEL}<{SUPPORTED_DTYPES[dtype]}, {head_dim}, {block_size}>"
+    return f"{KERNELS[kind]['kernel']}<{SUPPORTED_DTYPES[dtype]}, {head_dim}, {block_size}>"
 
 
-def kernel_names() -> list[str]:
-    """Every variant the backend can launch."""
-    return [
-        kernel_name(dt, d, bs) for dt in SUPPORTED_DTYPES for d in SUPPORTED_HEAD_DIMS for bs in SUPPORTED_BLOCK_SIZES
-    ]
+def kernel_names(kind: str) -> list[str]:
+    """Every variant of one kernel the backend can launch."""
+    return [kernel_name(kind, dt, d, bs) for dt in KERNELS[kind]["dtypes"] for d in SUPPORTED_HEAD_DIMS
+            for bs in SUPPORTED_BLOCK_SIZES]
+
+
+def tc_shared_bytes(dtype: torch.dtype, head_dim: int, block_size: int) -> int:
+    """Dynamic shared memory of a tensor-core variant: ``dbsa_tc::Smem<T, D, BS>::total`` in the .cu (the shim
+    test checks the two agree)."""
+    def r32(x: int) -> int:
+        return (x + 31) // 32 * 32
+
+    t, D, BS = (2 if dtype in (torch.float16, torch.bfloat16) else 4), head_dim, block_size
+    KT = 32 if (D == 128 and BS == 64) else BS
+    head = r32(BS * D * t) + 2 * r32(KT * D * t) + r32(KT * 4)
+    per_warp = r32(16 * KT * 4) + r32(16 * D * 4) + r32(16 * KT * t) + 2 * r32(16 * 4)
+    return head + (BS // 16) * per_warp
 
 
 def cuda_include_dirs() -> list[Path]:
@@ -85,9 +126,9 @@ def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
 
 
 @functools.cache
-def kernel_source() -> str:
-    """The kernel's CUDA C++ source, read once."""
-    return (CUDA_DIR / SOURCE).read_text()
+def kernel_source(kind: str) -> str:
+    """One kernel's CUDA C++ source, read once."""
+    return (CUDA_DIR / KERNELS[kind]["source"]).read_text()
 
 
 def _cupy():
@@ -98,18 +139,21 @@ def _cupy():
     return cupy
 
 
-_kernels: dict[tuple[int, torch.dtype, int, int], object] = {}  # (device, dtype, d, block) -> cupy.RawKernel
+_kernels: dict[tuple, object] = {}  # (device, kind, dtype, d, block) -> cupy.RawKernel
 
 
-def _kernel(device_index: int, dtype: torch.dtype, head_dim: int, block_size: int):
+def _kernel(device_index: int, kind: str, dtype: torch.dtype, head_dim: int, block_size: int):
     """The compiled kernel for one variant on one device (NVRTC runs once per variant and device)."""
-    key = (device_index, dtype, head_dim, block_size)
+    key = (device_index, kind, dtype, head_dim, block_size)
     if key not in _kernels:
         cupy = _cupy()
-        name = kernel_name(dtype, head_dim, block_size)
+        name = kernel_name(kind, dtype, head_dim, block_size)
         with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(), name_expressions=[name])
-            _kernels[key] = module.get_function(name)
+            module = cupy.RawModule(code=kernel_source(kind), options=nvrtc_options(), name_expressions=[name])
+            fn = module.get_function(name)
+            if kind == "tc":  # dynamic shared memory past the default 48 KiB needs the per-kernel opt-in
+                fn.max_dynamic_shared_size_bytes = tc_shared_bytes(dtype, head_dim, block_size)
+            _kernels[key] = fn
     return _kernels[key]
 
 
@@ -118,33 +162,35 @@ def _ptr(t: torch.Tensor | None) -> numpy.uint64:
     return numpy.uint64(t.data_ptr() if t is not None else 0)
 
 
-def _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, *, block_size: int, scale: float) -> None:
-    """Launch the forward kernel on torch's current stream; every tensor already checked by the caller."""
+def _run(kind: str, q: torch.Tensor, grid: int, args: tuple, *, block_size: int) -> None:
+    """Launch one kernel on torch's current stream; every tensor already checked by the caller."""
     cupy = _cupy()
-    B, H, n, d = q.shape
-    nb = -(-n // block_size)
+    d = q.shape[-1]
     device = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    kernel = _kernel(device, q.dtype, d, block_size)
+    kernel = _kernel(device, kind, q.dtype, d, block_size)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(q.device).cuda_stream, device)
     with cupy.cuda.Device(device), stream:
-        kernel(
-            grid=(B * H * nb,),  # one block per (batch, head, query block)
-            block=(THREADS[block_size],),
-            args=(
-                _ptr(q),
-                _ptr(k),
-                _ptr(v),
-                _ptr(kv_num_blocks),
-                _ptr(kv_indices),
-                _ptr(key_padding_mask),
-                _ptr(out),
-                _ptr(lse),
-                numpy.int32(n),
-                numpy.int32(H),
-                numpy.float32(scale * LOG2E),
-            ),
-            shared_mem=0,  # all shared memory is static in the kernel
-        )
+        kernel(grid=(grid,), block=(KERNELS[kind]["threads"](d, block_size),), args=args,
+               shared_mem=tc_shared_bytes(q.dtype, d, block_size) if kind == "tc" else 0)
+
+
+def _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, *, block_size: int, scale: float) -> None:
+    """The forward: one thread block per (batch, head, query block)."""
+    B, H, n, _ = q.shape
+    nb = -(-n // block_size)
+    args = (_ptr(q), _ptr(k), _ptr(v), _ptr(kv_num_blocks), _ptr(kv_indices), _ptr(key_padding_mask), _ptr(out),
+            _ptr(lse), numpy.int32(n), numpy.int32(H), numpy.float32(scale * LOG2E))
+    _run(forward_variant(q.dtype), q, B * H * nb, args, block_size=block_size)
+
+
+def _launch_backward(q, k, v, dout, lse, delta, q_num_blocks, q_indices, key_padding_mask, dq, dk, dv, *,
+                     block_size: int, scale: float) -> None:
+    """The backward: one thread block per (batch, head, key block)."""
+    B, H, n, _ = q.shape
+    nb = -(-n // block_size)
+    args = (_ptr(q), _ptr(k), _ptr(v), _ptr(dout), _ptr(lse), _ptr(delta), _ptr(q_num_blocks), _ptr(q_indices),
+            _ptr(key_padding_mask), _ptr(dq), _ptr(dk), _ptr(dv), numpy.int32(n), numpy.int32(H), numpy.float32(scale))
+    _run("bwd", q, B * H * nb, args, block_size=block_size)
 
 
 def _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask) -> None:
@@ -177,8 +223,8 @@ def _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_paddi
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         raise TypeError(f"key_padding_mask must be bool (True = real token), got {key_padding_mask.dtype}")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.data_ptr() % (4 * t.element_size()):  # the kernel moves 4 elements per load
-            raise ValueError(f"{name} must start on a {4 * t.element_size()}-byte boundary (call .clone() first)")
+        if t.data_ptr() % 16:  # the kernels move 16 bytes per load
+            raise ValueError(f"{name} must start on a 16-byte boundary (call .clone() first)")
     B, H, n, _ = q.shape
     if B * H * (-(-n // block_size)) >= 2**31:
         raise ValueError(f"too many (batch, head, query block) triples for one launch: {B}x{H}x{-(-n // block_size)}")
@@ -217,6 +263,33 @@ def cupy_attention_forward(
     return out, lse
 
 
+class _CupyBlockSparseAttention(torch.autograd.Function):
+    """Forward kernel + backward kernel: gradients of q, k and v, the skipped blocks' exactly zero."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kv_num_blocks, kv_indices, key_padding_mask, block_size: int, scale: float):
+        out, lse = cupy_attention_forward(q, k, v, kv_num_blocks, kv_indices, block_size=block_size,
+                                          key_padding_mask=key_padding_mask, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, kv_num_blocks, kv_indices,
+                              key_padding_mask if key_padding_mask is not None else torch.empty(0, device=q.device))
+        ctx.block_size, ctx.scale, ctx.padded = block_size, scale, key_padding_mask is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, kv_num_blocks, kv_indices, pad = ctx.saved_tensors
+        key_padding_mask = pad if ctx.padded else None
+        dout = dout.contiguous()
+        delta = (dout.float() * out.float()).sum(-1).contiguous()  # (B, H, n) rowsum(dO * O)
+        keep_t = block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1]).transpose(-1, -2).contiguous()
+        q_num_blocks, q_indices = dense_to_block_mask(keep_t)  # per key block: the query blocks keeping it
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        _launch_backward(q, k, v, dout, lse, delta, q_num_blocks, q_indices, key_padding_mask, dq, dk, dv,
+                         block_size=ctx.block_size, scale=ctx.scale)
+        return dq.to(q.dtype), dk, dv, None, None, None, None, None
+
+
 def cupy_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -228,7 +301,12 @@ def cupy_attention(
     key_padding_mask: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
-    """The "cupy" backend: arguments as in :func:`dendritic.kernels.block_sparse_attention`; returns (B, H, n, d)."""
+    """The "cupy" backend: arguments as in :func:`dendritic.kernels.block_sparse_attention`; returns (B, H, n, d).
+    Differentiable in q, k and v (the backward kernel) when gradients are recorded."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask)
+        return _CupyBlockSparseAttention.apply(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, block_size,
+                                               float(scale))
     out, _ = cupy_attention_forward(
         q, k, v, kv_num_blocks, kv_indices, block_size=block_size, key_padding_mask=key_padding_mask, scale=scale
     )

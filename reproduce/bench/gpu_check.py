@@ -3,12 +3,15 @@
 
 1. the ``gpu``-marked tests (pytest), pass/fail counts;
 2. correctness of the "cupy" backend against an fp64 reference on a grid of dtypes, head dims, block sizes, lengths;
-3. a timing table — the package's backends as the model calls them (``block_sparse_attention(..., backend=...)``:
+3. backward: dQ, dK, dV of the backward kernel against fp64 autograd;
+4. a timing table — the package's backends as the model calls them (``block_sparse_attention(..., backend=...)``:
    "cupy" and "flex", the latter torch.compile'd FlexAttention with the same BlockMask) vs SDPA (dense) vs eager
    dense (materialised n x n) — over n, sparsity, dtype and batch, with CUDA events, warm-up and medians,
    and the efficiency (1 - s) * T_sdpa / T_cupy (1.0 = the block-sparse kernel turns skipped blocks into time
-   saved exactly as fast as dense SDPA computes the kept ones);
-4. one JSON with provenance, written atomically (and copied to ``$OUT`` when that is set).
+   saved exactly as fast as dense SDPA computes the kept ones); the SIMT kernel on fp32 copies beside the
+   tensor-core one;
+5. the end-to-end model (fp16, block 64) vs its dense twin under SDPA at n = 2048 .. 8192;
+6. one JSON with provenance, written atomically (and copied to ``$OUT`` when that is set).
 
 Everything is bounded by ``--budget-s``: the timing grid runs cheapest first and skips what would not fit.
 """
@@ -58,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-call-s", type=float, default=0.5, help="skip a backend whose single call exceeds this")
     p.add_argument("--eager-max-gb", type=float, default=24.0, help="skip eager when its n x n tensors exceed this")
-    p.add_argument("--backends", nargs="+", default=["cupy", "flex", "sdpa", "eager"])
+    p.add_argument("--backends", nargs="+", default=["cupy", "cupy_simt_fp32", "flex", "sdpa", "eager"])
     return p.parse_args(argv)
 
 
@@ -74,13 +77,14 @@ def _run(cmd) -> str:
 
 def provenance() -> dict:
     """The shared provenance record plus the GPU, CUDA and kernel-source facts the timings depend on."""
-    from dendritic.kernels.cupy_backend import CUDA_DIR, SOURCE
+    from dendritic.kernels.cupy_backend import CUDA_DIR, KERNELS
 
     info = {
         **base_provenance(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "kernel_sha256": hashlib.sha256((CUDA_DIR / SOURCE).read_bytes()).hexdigest(),
+        "kernel_sha256": {spec["source"]: hashlib.sha256((CUDA_DIR / spec["source"]).read_bytes()).hexdigest()
+                          for spec in KERNELS.values()},
         "nvidia_smi": _run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"]
         ),
@@ -156,6 +160,75 @@ def correctness_grid() -> list[dict]:
     return rows
 
 
+def backward_grid() -> list[dict]:
+    """dQ, dK, dV of the backward kernel against fp64 autograd (flash-attention's rule: within 2x PyTorch's own
+    error in the dtype, plus a small floor)."""
+    from dendritic.kernels import block_sparse_attention
+    from dendritic.kernels.checks import FLOOR, make_case, token_mask
+
+    rows = []
+    for dtype_name in ("fp32", "fp16", "bf16"):
+        dtype = DTYPES[dtype_name]
+        for d, bs in ((32, 16), (64, 32), (64, 64), (128, 64)):
+            for n in (97, 1025):
+                q, k, v, nkb, idx, pad = make_case(1, 4, n, d, bs, 0.5, dtype=dtype, pad_frac=0.2, seed=n + d)
+                q, k, v = (t.requires_grad_() for t in (q, k, v))
+                dout = torch.randn_like(q)
+                out = block_sparse_attention(q, k, v, nkb, idx, block_size=bs, key_padding_mask=pad, backend="cupy")
+                got = torch.autograd.grad(out, (q, k, v), dout)
+                tok = token_mask(nkb, idx, bs, n, pad)
+
+                def ref(dt):
+                    qd, kd, vd = (t.detach().to(dt).requires_grad_() for t in (q, k, v))
+                    live = tok.any(-1, keepdim=True)
+                    logits = (qd @ kd.transpose(-1, -2)) * d**-0.5
+                    probs = torch.softmax(logits.masked_fill(~tok, float("-inf")).masked_fill(~live, 0.0), -1) * live
+                    return torch.autograd.grad(probs @ vd, (qd, kd, vd), dout.to(dt))
+
+                exact, own = ref(torch.float64), ref(dtype)
+                row = {"dtype": dtype_name, "d": d, "block": bs, "n": n}
+                for name, g, r, o in zip(("dq", "dk", "dv"), got, exact, own):
+                    err, allowed = float((g.double() - r).abs().max()), float(2 * (o.double() - r).abs().max()) + 10 * FLOOR[dtype]
+                    row[f"{name}_err"], row[f"{name}_allowed"] = float(f"{err:.3g}"), float(f"{allowed:.3g}")
+                row["ok"] = all(row[f"{x}_err"] <= row[f"{x}_allowed"] for x in ("dq", "dk", "dv"))
+                rows.append(row)
+    return rows
+
+
+def model_timing(args, deadline: float) -> list[dict]:
+    """End to end: DendriticBERT (MiniLM-L6 and BERT-base shapes, random weights, block 64, fp16) on the cupy backend
+    vs its dense twin (transformers BertModel, SDPA) at n = 2048 .. 8192, B = 1; CUDA events, medians."""
+    from dendritic.bench import cuda_median_ms, dense_twin, shaped_model
+
+    rows = []
+    for preset in ("small", "paper"):
+        for n in (2048, 4096, 8192):
+            for s in (0.5, 0.75, 0.9):
+                if time.perf_counter() > deadline:
+                    rows.append({"preset": preset, "n": n, "target_sparsity": s, "skipped": "time budget"})
+                    continue
+                try:
+                    model = shaped_model(preset, n, block_size=64, attention_backend="cupy").cuda().half()
+                    twin = dense_twin(model, "sdpa").cuda().half()
+                    ids = torch.randint(0, 30000, (1, n), device="cuda")
+                    budgets = torch.full_like(model.head_budgets, s)
+                    with torch.inference_mode():
+                        achieved = float(model(ids, head_budgets=budgets).block_sparsity.mean())
+                        t_sparse = cuda_median_ms(lambda m=model: m(ids, head_budgets=budgets), warmup=2, repeats=5)
+                        t_dense = cuda_median_ms(lambda t=twin: t(ids), warmup=2, repeats=5)
+                    rows.append({"preset": preset, "n": n, "target_sparsity": s, "achieved_sparsity": achieved,
+                                 "dendritic_ms": round(t_sparse, 3), "dense_sdpa_ms": round(t_dense, 3),
+                                 "ratio_vs_sdpa": round(t_sparse / t_dense, 4), "dtype": "fp16", "B": 1})
+                    print(f"model {preset} n={n} s={achieved:.2f}: cupy {t_sparse:.2f} ms vs sdpa {t_dense:.2f} ms",
+                          flush=True)
+                    del model, twin
+                    torch.cuda.empty_cache()
+                except Exception as e:  # noqa: BLE001 — recorded per row, the others still run
+                    rows.append({"preset": preset, "n": n, "target_sparsity": s,
+                                 "error": f"{type(e).__name__}: {str(e)[:300]}"})
+    return rows
+
+
 # -- 3. timing -------------------------------------------------------------------------------------------------------
 
 
@@ -188,8 +261,12 @@ def timing_table(args, deadline: float) -> list[dict]:
                    "achieved_sparsity": achieved, "ms": {}, "notes": {}}  # fmt: skip
             backend = partial(block_sparse_attention, q, k, v, kv_num_blocks, kv_indices, block_size=bs,
                               key_padding_mask=None, scale=scale)
+            q32, k32, v32 = (t.float() for t in (q, k, v))
             fns = {
                 "cupy": partial(backend, backend="cupy"),  # the package's backends, as the model calls them
+                # the SIMT kernel (fp32 inputs): what the tensor-core kernel replaces for fp16/bf16
+                "cupy_simt_fp32": partial(block_sparse_attention, q32, k32, v32, kv_num_blocks, kv_indices,
+                                          block_size=bs, key_padding_mask=None, scale=scale, backend="cupy"),
                 "sdpa": partial(F.scaled_dot_product_attention, q, k, v, scale=scale),
                 "eager": partial(eager_attention, q, k, v, scale),
             }
@@ -293,12 +370,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():  # nothing measured: no result file (the committed one stays as it is)
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 2
-    steps = [("correctness", correctness_grid)]
+    steps = [("correctness", correctness_grid), ("backward", backward_grid)]
     if not args.skip_tests:
         steps.insert(
             0, ("tests", lambda: run_gpu_tests(min(args.test_timeout_s, max(10.0, deadline - time.perf_counter()))))
         )
-    steps.append(("timing", lambda: timing_table(args, deadline - 5.0)))
+    steps.append(("timing", lambda: timing_table(args, deadline - 60.0)))
+    steps.append(("model", lambda: model_timing(args, deadline - 5.0)))
     for name, step in steps:
         t0 = time.perf_counter()
         try:

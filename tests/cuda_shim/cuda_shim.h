@@ -7,14 +7,18 @@
 //   * __syncthreads() is a std::barrier over the block (-DSHIM_NO_SYNCTHREADS makes it a no-op: the test of the test);
 //   * warp shuffles go through a per-warp slot buffer between two std::barrier phases over the warp's 32 threads;
 //   * threadIdx/blockIdx are thread_local, blockDim/gridDim global;
-//   * half and bfloat16 are the real cuda_fp16.h / cuda_bf16.h host code.
+//   * half and bfloat16 are the real cuda_fp16.h / cuda_bf16.h host code;
+//   * WMMA (tensor cores) is wmma/mma.h, a host implementation of the fragment API with the device's contract;
+//   * dynamic shared memory (`DBSA_EXTERN_SHARED ... dbsa_smem[]` in the kernels) is the global cuda_shim_smem.
 #pragma once
 
 #include <cuda_fp16.h>  // pulls in vector_types.h (uint3, dim3) and host_defines.h for host compilers
 #include <cuda_bf16.h>
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
+#include <type_traits>
 #include <cstring>
 #include <math.h>
 #include <memory>
@@ -48,6 +52,7 @@ inline constexpr unsigned kWarpSize = 32;
 struct Warp {
     std::barrier<> bar{kWarpSize};
     unsigned long long slot[kWarpSize];  // one lane's value, as raw bytes
+    float mma_a[256], mma_b[256], mma_c[256];  // the warp's WMMA operands (wmma/mma.h)
 };
 
 inline std::barrier<>* block_barrier = nullptr;  // the running block's
@@ -89,6 +94,9 @@ T __shfl_sync(unsigned /*mask*/, T value, int src_lane, int width = 32) {
 }
 
 inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { cuda_shim::warps[threadIdx.x / 32]->bar.arrive_and_wait(); }
+
+// atomicAdd on shared or global floats: the blocks' threads really run concurrently here, so it is atomic.
+inline float atomicAdd(float* address, float value) { return std::atomic_ref<float>(*address).fetch_add(value); }
 
 inline float __int_as_float(int x) {
     float f;
