@@ -53,9 +53,31 @@ def fused_learned_policy(layer, hidden_states: torch.Tensor, key_padding: torch.
     if cfg.gating:
         norm, lin1, lin2 = gate.norm, gate.mlp[0], gate.mlp[2]
         gate_params = [norm.weight, norm.bias, lin1.weight, lin1.bias, lin2.weight, lin2.bias]
-    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity, _ = _extension().learned_policy(
+    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity = _learned_policy(
         hidden_states, key_padding, scorer.q_features.weight, scorer.q_features.bias, scorer.k_features.weight,
-        scorer.k_features.bias, scorer.num_heads, scorer.rank, scorer.scale, gate_params,
-        gate.norm.eps, gate.max_shift, layer.perforation.offset, budgets, layer.block_size, cfg.dense_cls_row,
-        float(temperature))
+        scorer.k_features.bias, scorer.num_heads, scorer.rank, float(scorer.scale), gate_params or [],
+        float(gate.norm.eps), float(gate.max_shift), layer.perforation.offset, budgets, layer.block_size,
+        cfg.dense_cls_row, float(temperature))
     return PerforationOutput(None, hard, keep_fraction, target_keep, block_sparsity, kv_num_blocks, kv_indices, "fused")
+
+
+# The extension call as a PyTorch operator (torch.library), so the model compiles with torch.compile(fullgraph=True).
+@torch.library.custom_op("dendritic::learned_policy", mutates_args=())
+def _learned_policy(x: torch.Tensor, key_padding: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor, wk: torch.Tensor,
+                    bk: torch.Tensor, num_heads: int, rank: int, scale: float, gate: list[torch.Tensor],
+                    ln_eps: float, max_shift: float, offset: torch.Tensor, budgets: torch.Tensor, block_size: int,
+                    dense_cls_row: bool, temperature: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = _extension().learned_policy(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate or None, ln_eps,
+                                      max_shift, offset, budgets, block_size, dense_cls_row, temperature)
+    return tuple(out[:6])
+
+
+@_learned_policy.register_fake
+def _(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets, block_size,
+      dense_cls_row, temperature):
+    B, n = x.shape[0], x.shape[1]
+    nb = (n + block_size - 1) // block_size
+    H = num_heads
+    return (x.new_empty((B, H, nb, nb), dtype=torch.bool), x.new_empty((B, H, nb), dtype=torch.int32),
+            x.new_empty((B, H, nb, nb), dtype=torch.int32), x.new_empty((B, H)), x.new_empty((B, H)), x.new_empty((B,)))

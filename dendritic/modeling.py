@@ -244,6 +244,23 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
             raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
         self.policy = policy
 
+    def prepare_backends(self, device_type: str = "cpu") -> None:
+        """Load now what a forward pass on ``device_type`` may call — the attention backend (for "auto": the dense path
+        and the device's block-sparse kernel) and the fused policy's extension — instead of on first use.  Needed
+        before ``torch.compile(model, fullgraph=True)``: a first-use import cannot be traced."""
+        from .kernels import get_backend
+        from .kernels.dispatch import SPARSE_BACKEND
+
+        backend = self.attention_backend
+        names = {"masked_sdpa", SPARSE_BACKEND.get(device_type, "masked_sdpa")} if backend == "auto" else {backend}
+        for name in names:
+            get_backend(name)
+        if self.fused_policy and device_type == "cpu":
+            from .fused_policy import _extension
+
+            _extension()
+        self.host_budgets()
+
     def set_fused_policy(self, enabled: bool) -> None:
         """Use (default) or not the fused C++ inference path of the learned policy (:mod:`dendritic.fused_policy`):
         the same masks, fewer dispatches; off, the Python modules decide (the specification)."""
@@ -273,6 +290,11 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
     def host_budgets(self) -> list[list[float]]:
         """The head budgets as Python floats, read from the buffer once per change of the buffer (its version
         counter moves with every in-place write: setters, checkpoint loading) — not once per forward pass."""
+        if torch.compiler.is_compiling():  # traced: the values read before compiling (prepare_backends) are used
+            if self._host_budgets is None:
+                raise RuntimeError("call model.prepare_backends() before torch.compile: 'auto' reads the budgets "
+                                   "on the host once, outside the compiled graph")
+            return self._host_budgets[1]
         version = self.head_budgets._version
         if self._host_budgets is None or self._host_budgets[0] != version:
             self._host_budgets = (version, self.head_budgets.tolist())

@@ -18,8 +18,17 @@ end with a table comparing every result with ``reproduce/results/...`` (``…/qu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# The smoke preset (--quick) must reproduce its committed reference bit for bit on any x86-64 CPU with AVX2: before
+# torch loads, its code paths are pinned to AVX2 (ATen's kernels, MKL, oneDNN and the project's own CPU kernel) —
+# an AVX-512 machine would otherwise sum in other orders.  One thread is set below.  Only where not set already.
+if "--quick" in sys.argv or "smoke" in sys.argv:
+    for _name, _value in (("ATEN_CPU_CAPABILITY", "avx2"), ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+                          ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("DENDRITIC_CPU_ISA", "avx2"), ("OMP_NUM_THREADS", "1")):
+        os.environ.setdefault(_name, _value)
 
 from dendritic.provenance import atomic_write_json
 
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = load_plan(args.plan, args.preset, args.config_dir)  # a bad plan fails here, before any work
     sel = Selection(tasks=args.tasks, seeds=args.seeds, variants=args.variants, names=args.runs, tradeoff=args.tradeoff)
     plan.runs(sel)  # a bad selection (unknown task, variant, run) fails here too
-    if args.preset == "smoke":  # one thread: float reductions in one order, so the quick reference matches exactly
+    if args.preset == "smoke":  # one thread (and AVX2 code paths, above): the quick reference matches exactly
         import torch
 
         torch.set_num_threads(1)

@@ -340,3 +340,17 @@ def test_the_host_read_check_can_fail(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", lambda self: (reads.append("item"), original(self))[1])
     torch.ones(()).item()
     assert reads == ["item"]
+
+
+def test_the_model_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) traces the whole inference forward — the fused policy and the CPU kernel are
+    registered operators, 'auto' decides from host-side values read by prepare_backends() — and agrees with eager."""
+    model = DendriticBertModel(DendriticConfig.from_preset("smoke")).eval()
+    ids, mask = _batch()
+    model.prepare_backends("cpu")
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        got, ref = compiled(ids, attention_mask=mask), model(ids, attention_mask=mask)
+    torch.testing.assert_close(got.last_hidden_state, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert got.attention_path == ref.attention_path and got.policy_impl == ("fused",) * 2
+    assert torch.equal(got.block_sparsity, ref.block_sparsity)

@@ -88,8 +88,23 @@ def cpu_kernel_forward(
     dtype = q.dtype
     if dtype in (torch.float16, torch.bfloat16):  # documented upcast: computed in fp32, rounded back once
         q, k, v = q.float(), k.float(), v.float()
-    out = _ext.forward(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, block_size, float(scale), _isa_code(isa))
+    out = _block_sparse_cpu(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, block_size, float(scale),
+                            _isa_code(isa))
     return out.to(dtype)
+
+
+# The extension call as a PyTorch operator (torch.library), so a model using this backend compiles with
+# torch.compile(fullgraph=True): the fake implementation tells the compiler the output's shape and dtype.
+@torch.library.custom_op("dendritic::block_sparse_cpu", mutates_args=())
+def _block_sparse_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor,
+                      kv_indices: torch.Tensor, key_padding_mask: torch.Tensor | None, block_size: int, scale: float,
+                      isa: int) -> torch.Tensor:
+    return _ext.forward(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, block_size, scale, isa)
+
+
+@_block_sparse_cpu.register_fake
+def _(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, block_size, scale, isa):
+    return torch.empty_like(q)
 
 
 def cpu_attention(

@@ -17,7 +17,6 @@ A device kind with no fitted model runs ``masked_sdpa`` (dense speed, nothing to
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "predict_ms"]
@@ -26,10 +25,12 @@ COST_FILE = Path(__file__).resolve().parent / "dispatch_costs.json"
 SPARSE_BACKEND = {"cpu": "cpu", "cuda": "cupy"}
 
 
-@lru_cache(maxsize=1)
+_COSTS = json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {}  # read once, at import (traceable later)
+
+
 def cost_model() -> dict:
     """The fitted coefficients per device kind ({} when no benchmark has been stored)."""
-    return json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {}
+    return _COSTS
 
 
 def expected_keep(budgets: list[float], n: int, block_size: int, dense_cls_row: bool) -> float:
