@@ -110,7 +110,7 @@ def _informative(task: str, entry: dict) -> tuple[bool, str]:
     """A task informs the headline when its dense baseline clearly beats the trivial predictor: ≥ 3 seeds and a
     margin above 3 seed standard deviations.  WNLI never does (GLUE practice: its dev set is adversarial)."""
     if task == "wnli":
-        return False, "WNLI: dev set adversarial to training (GLUE practice keeps it out of averages)"
+        return False, "dev set adversarial to training (GLUE practice keeps it out of averages)"
     if len(entry["seeds"]) < 3 or entry["dense_std"] is None:
         return False, f"{len(entry['seeds'])} seed(s): fewer than 3"
     margin = entry["dense_mean"] - entry["trivial_score"]

@@ -70,31 +70,42 @@ def table1(out: Output) -> None:
         out.skip("Table 1 (table1_glue)", "glue/summary.json has no task with both dense and dendritic runs")
         return
     runs = load_runs(glue)
-    header = ["Task", "Metric", "Dense", "DendriticBERT", "DSN", "Retention %", "Block sparsity %",
+    header = ["Task", "Metric", "Trivial", "Dense", "DendriticBERT", "DSN", "Retention %", "Block sparsity %",
               "Pair sparsity %", "Agreement %", "Seeds", "Train ex."]
     rows, csv_rows = [], []
     for t in tasks:
         s = summary[t]
         seeds = s.get("seeds") or []
-        rows.append([task_label(t), METRIC_LABEL.get(s["metric"], s["metric"]), pm(s["dense_mean"], s["dense_std"]),
+        mark = "" if s.get("informative", True) else " †"
+        rows.append([task_label(t) + mark, METRIC_LABEL.get(s["metric"], s["metric"]), pct(s.get("trivial_score")),
+                     pm(s["dense_mean"], s["dense_std"]),
                      pm(s["dendritic_mean"], s["dendritic_std"]), pm(s.get("dsn_mean"), s.get("dsn_std")),
                      pct(s.get("retention")), pm(s.get("sparsity_mean"), s.get("sparsity_std")),
                      pct(s.get("pair_sparsity_mean")), pct(s.get("agreement_with_dense")), str(len(seeds)),
                      str(s.get("train_examples", "–"))])
-        csv_rows.append([t, s["metric"], s["dense_mean"], s["dense_std"], s["dendritic_mean"], s["dendritic_std"],
+        csv_rows.append([t, s["metric"], s.get("trivial_score"), s.get("informative"), s["dense_mean"], s["dense_std"],
+                         s["dendritic_mean"], s["dendritic_std"],
                          s.get("dsn_mean"), s.get("dsn_std"), s.get("retention"), s.get("sparsity_mean"),
                          s.get("sparsity_std"), s.get("pair_sparsity_mean"), s.get("agreement_with_dense"),
                          " ".join(str(x) for x in seeds), s.get("block_size"), s.get("train_examples"),
                          s.get("dev_examples")])
     n_task_rows = len(rows)
+    head = summary.get("headline")
+    if head and head.get("tasks"):
+        rows.append([f"Headline ({len(head['tasks'])} informative)", "primary", "–", pct(head["dense"]),
+                     pct(head["dendritic"]), "–", pct(head.get("retention")), pct(head.get("sparsity_mean")), "–",
+                     pct(head.get("agreement_mean")), "–", "–"])
+        csv_rows.append(["headline", "primary", None, True, head["dense"], None, head["dendritic"], None, None, None,
+                         head.get("retention"), head.get("sparsity_mean"), None, None, head.get("agreement_mean"),
+                         "", None, None, None])
     for key, name in (("average", "Average"), ("average_without_wnli", "Average w/o WNLI")):
         a = summary.get(key)
         if not a:
             continue
-        rows.append([f"{name} ({len(a['tasks'])})", "primary", pct(a["dense"]), pct(a["dendritic"]), "–",
+        rows.append([f"{name} ({len(a['tasks'])})", "primary", "–", pct(a["dense"]), pct(a["dendritic"]), "–",
                      pct(a.get("retention")), pct(a.get("sparsity_mean")), "–", "–", "–", "–"])
-        csv_rows.append([key, "primary", a["dense"], None, a["dendritic"], None, None, None, a.get("retention"),
-                         a.get("sparsity_mean"), None, None, None, "", None, None, None])
+        csv_rows.append([key, "primary", None, None, a["dense"], None, a["dendritic"], None, None, None,
+                         a.get("retention"), a.get("sparsity_mean"), None, None, None, "", None, None, None])
 
     cfgs = {t: _settings(runs, t) for t in tasks}
     presets = setting_text([c.get("preset") for c in cfgs.values()])
@@ -118,8 +129,16 @@ def table1(out: Output) -> None:
     caption = [
         (f"Table 1. GLUE dev: dense vs DendriticBERT (block size {_block_sizes(summary, tasks)} tokens, max length "
          f"{max_len}, preset {presets}, model {models})."),
-        ("Scores × 100, mean ± sample std over seeds; dense = the same phase-1 model fine-tuned with full attention "
-         "(the baseline); DSN = embeddings + mean pooling + classifier, no encoder layers."),
+        ("Scores × 100, mean ± sample std over seeds; " + _starts(runs, tasks) + "; DSN = embeddings + mean pooling + "
+         "classifier, no encoder layers; trivial = the best constant prediction's score on the dev labels (majority "
+         "class; all-positive for F1; 0 for MCC and correlations)."),
+        *([f"† not informative (kept out of the headline): " + "; ".join(
+            f"{task_label(t)}: {summary[t].get('informative_reason', '')}" for t in tasks
+            if not summary[t].get("informative", True)) + "."] if any(not summary[t].get("informative", True)
+                                                                       for t in tasks) else []),
+        *([f"Headline = unweighted mean over the informative tasks ({', '.join(task_label(t) for t in head['tasks'])}"
+           f"); retention = ratio of the means; every informative task's retention ≥ "
+           f"{pct(head.get('min_task_retention'))} %."] if head and head.get("tasks") else []),
         f"Fine-tuning data: {train_desc}.",
         f"Seeds per task: {seeds_desc}.",
         ("Block sparsity = fraction of attention blocks skipped, mean ± std across dev inputs (all seeds pooled); "
@@ -127,13 +146,29 @@ def table1(out: Output) -> None:
          "model's of the same seed (not defined for STS-B)."),
         *[d + "." for d in avg_desc],
     ]
-    csv_header = ["task", "metric", "dense_mean", "dense_std", "dendritic_mean", "dendritic_std", "dsn_mean",
+    csv_header = ["task", "metric", "trivial_score", "informative", "dense_mean", "dense_std", "dendritic_mean",
+                  "dendritic_std", "dsn_mean",
                   "dsn_std", "retention", "sparsity_mean", "sparsity_std", "pair_sparsity_mean",
                   "agreement_with_dense", "seeds", "block_size", "train_examples", "dev_examples"]
     sources = [path] + run_files(glue)
     out.table("table1_glue", header, rows, caption, sources,
               "Table 1: GLUE dev scores, dense vs DendriticBERT vs DSN, retention, achieved sparsity",
               csv_header=csv_header, csv_rows=csv_rows, formats=("md", "csv", "tex"), rules_before=[n_task_rows])
+
+
+def _starts(runs: dict, tasks: list[str]) -> str:
+    """Where dense and DendriticBERT start from, from the runs' own resolved configs."""
+    def init(variant):
+        seen = {Path(str(r.get("resolved_config", {}).get("init_from", "?"))).name.rsplit("-seed", 1)[0]
+                for t in tasks for r in runs.get(t, {}).get(variant, {}).values()}
+        return "/".join(sorted(seen)) or "?"
+
+    words = {"minilm": "the original MiniLM weights", "phase1": "the phase-1 (MLM warm-up) model",
+             "phase2": "the phase-2 (sparsity-aware MLM) model", "dense": "the same seed's fine-tuned dense model"}
+    dense, dendritic = init("dense"), init("dendritic")
+    return (f"dense = {words.get(dense, dense)} fine-tuned with full attention (the baseline); DendriticBERT = "
+            f"{words.get(dendritic, dendritic)}" + (" sparsified with distillation from it" if dendritic == "dense"
+                                                    else " fine-tuned with its masks"))
 
 
 # -- PAI-style figure ----------------------------------------------------------------------------------------------
