@@ -242,8 +242,9 @@ class GluePlan:
 @dataclass
 class AblationPlan:
     """Variants at matched sparsity; each differs from the full method in phase 2 (its own phase 2 from the shared
-    phase 1), in phase 3 (``policy``, ``from_phase1`` = no phase 2, other settings), or both.  Phase-3 settings and
-    seeds are the GLUE plan's for the task.  ``wide``: variants also run on further tasks."""
+    phase 1), in phase 3 (``policy``, ``from_phase1`` = no phase 2, other settings), or both.  Phase-3 settings,
+    seeds and the starting checkpoint are the GLUE plan's DendriticBERT's for the task (with "sparsify after
+    fine-tuning", the same seed's dense run).  ``wide``: variants also run on further tasks."""
 
     preset: str
     tasks: list[str]
@@ -311,9 +312,16 @@ class AblationPlan:
                         if task not in self.static_window:
                             raise ValueError(f"ablations: the static variant needs [static_window] {task}")
                         model_overrides["static_window"] = self.static_window[task]
-                    init = PHASE1 if from_phase1 else (self.phase2_key(variant) if "phase2" in self.variants[variant] else PHASE2)
+                    if from_phase1:
+                        init = PHASE1
+                    elif "phase2" in self.variants[variant]:
+                        init = self.phase2_key(variant)
+                    else:  # where the main table's DendriticBERT starts (phase 2, or its dense run: sparsify)
+                        init = self.glue._run(task, "", "dendritic", seed).init
+                    base = self.glue.settings(task, "dendritic")
                     out.append(Run(task, f"{variant}-seed{seed}", "dendritic", seed, init,
-                                   {**self.glue.settings(task), **phase3, "model_overrides": model_overrides},
+                                   {**base, **phase3, "model_overrides": {**base.get("model_overrides", {}),
+                                                                          **model_overrides}},
                                    policy=policy, group=f"ablations/{variant}"))
         return out
 

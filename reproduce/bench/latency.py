@@ -91,7 +91,8 @@ def parse_args(argv=None):
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.75, 0.9], help="target sparsities")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batch32-max-n", type=int, default=512, help="B=32 only up to this n (where it is cheap)")
-    p.add_argument("--backends", nargs="+", default=["cpu", "flex"], choices=["cpu", "flex"], help="sparse backends")
+    p.add_argument("--backends", nargs="+", default=["auto", "cpu", "flex"], choices=["auto", "cpu", "flex", "masked_sdpa"],
+                   help="sparse backends ('auto': the model's per-call choice; not at kernel level)")
     p.add_argument("--reference-max-n", type=int, default=1024, help="time the reference backend (kernel level) up to n")
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=7, help="most interleaved rounds per configuration")
@@ -107,7 +108,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.lengths, args.sparsities, args.batches = ["minilm-l6"], [256], [0.0, 0.5], [1]
-        args.backends = ["cpu"]  # flex compiles per shape (seconds): the smoke grid leaves it out
+        args.backends = ["auto", "cpu"]  # flex compiles per shape (seconds): the smoke grid leaves it out
         args.block_size, args.rounds, args.min_rounds = 32, 3, 3
     if args.time_budget_s is None:  # an explicit budget wins, also with --quick (tests on slow machines)
         args.time_budget_s = 120.0 if args.quick else 1200.0
@@ -211,7 +212,7 @@ def kernel_config(args, c: Config, hidden: int, H: int):
     fns, meta = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}, {"sdpa": {}}
     if eager_fits(B, H, n, args.eager_max_gib):
         fns["eager"], meta["eager"] = (lambda: eager_attention(q, k, v)), {}
-    backends = list(args.backends) + (["reference"] if n <= args.reference_max_n else [])
+    backends = [b for b in args.backends if b != "auto"] + (["reference"] if n <= args.reference_max_n else [])
     for s in args.sparsities:
         keep = block_mask_for_sparsity(B, H, nb, s, seed=1)  # (B, H, nb, nb) random, floor included
         kvn, kvi = dense_to_block_mask(keep)
@@ -248,12 +249,14 @@ def layer_config(args, c: Config, model: DendriticBertModel, twins: dict):
         for backend in args.backends:
             run = (lambda b=backend, budgets=budgets: attn(x, policy_call=model.policy_call(attention_backend=b, head_budgets=budgets)))
             ref = attn(x, policy_call=model.policy_call(attention_backend="reference", head_budgets=budgets))[0]
-            out = run()[0]  # the first flex call compiles here, outside the timing
+            probe = model.policy_call(attention_backend=backend, head_budgets=budgets)
+            out = attn(x, policy_call=probe)[0]  # the first flex call compiles here, outside the timing
             torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+            path = probe.paths[0]  # what ran ("auto" resolved)
             fns[(backend, s)] = run
-            fns[("kernel", backend, s)] = (lambda b=backend, kvn=kvn, kvi=kvi: block_sparse_attention(
+            fns[("kernel", backend, s)] = (lambda b=path, kvn=kvn, kvi=kvi: block_sparse_attention(
                 q, k, v, kvn, kvi, block_size=bs, key_padding_mask=key_padding, backend=b, scale=attn.scaling))
-            meta[(backend, s)] = {"achieved_sparsity": achieved,
+            meta[(backend, s)] = {"achieved_sparsity": achieved, "path": path,
                                   "correctness": {"checked": "layer output vs the reference backend, full",
                                                   "max_abs_err": float((out - ref).abs().max())}}
     return fns, meta, {}
@@ -268,11 +271,18 @@ def model_config(args, c: Config, model: DendriticBertModel, twins: dict):
     meta = {"sdpa": {}}
     if eager_fits(c.batch, cfg.num_attention_heads, c.n, args.eager_max_gib):
         fns["eager"], meta["eager"] = (lambda: twins["eager"](ids)), {}
+    zero = budgets_at(model, 0.0)
+    for backend in dict.fromkeys(b for b, _ in sparse_keys(args) if b not in ("auto", "masked_sdpa")):
+        # the same kernel with nothing skipped beyond what the floor forces: the saving from sparsity alone
+        fns[("same_kernel_dense", backend)] = (lambda b=backend: model(ids, attention_backend=b, head_budgets=zero))
     for backend, s in sparse_keys(args):
         budgets = budgets_at(model, s)
         check = check_model_against_reference(model, ids, backend, head_budgets=budgets)
+        with torch.inference_mode():
+            paths = model(ids[:1], attention_backend=backend, head_budgets=budgets).attention_path
         fns[(backend, s)] = (lambda b=backend, budgets=budgets: model(ids, attention_backend=b, head_budgets=budgets))
-        meta[(backend, s)] = {"achieved_sparsity": check.pop("block_sparsity"), "correctness": check}
+        meta[(backend, s)] = {"achieved_sparsity": check.pop("block_sparsity"), "correctness": check,
+                              "path": "/".join(sorted(set(paths)))}
     return fns, meta, {}
 
 
@@ -300,6 +310,9 @@ def build_rows(args, c: Config, fns_meta, times, extended: bool, rounds: int) ->
             "amdahl_bound": None, "attention_share": None, "amdahl_fraction": None,
             "threads": torch.get_num_threads(), "positions_extended": extended if c.level != "kernel" else False,
             "rounds": rounds, "correctness": m.get("correctness"),
+            "path": m.get("path", "dense" if isinstance(key, str) else backend),
+            "ratio_vs_same_kernel_dense": (paired_ratio(times[key], times[("same_kernel_dense", backend)])
+                                           if ("same_kernel_dense", backend) in times else None),
         }
         if c.level == "model" and 0.0 < share < 1.0:
             bound = 1.0 - achieved * share
@@ -324,7 +337,7 @@ def n_candidates(args, c: Config) -> int:
         return 2 + sparse + (S if c.n <= args.reference_max_n else 0)
     if c.level == "layer":
         return 2 + 2 * sparse + 2 * S  # + kernel-only calls, policy and mask per sparsity
-    return 3 + sparse  # sdpa, eager, no-attention
+    return 3 + sparse + len(args.backends)  # sdpa, eager, no-attention, the same kernels with nothing skipped
 
 
 def describe(c: Config) -> dict:
@@ -389,6 +402,16 @@ def main(argv=None):
                   f"{median_p90(times['sdpa'])[0] * 1e3:.1f} ms; best sparse x{best['ratio_vs_sdpa']:.2f} of sdpa "
                   f"at s={best['achieved_sparsity']:.2f} ({time.time() - t0:.0f} s, {rounds} rounds)"
                   if best else f"[{i + 1}/{len(configs)}] {c.level} done", flush=True)
+    # Model rows: the policy's cost for all layers, from the layer rows of the same shape (the policy of one layer
+    # timed alone, times the number of layers; the layers' policies do the same work on the same shapes).
+    for r in payload["rows"]:
+        if r["level"] == "model" and r["backend"] in args.backends:
+            layer = [x for x in payload["rows"] if x["level"] == "layer" and x["backend"] == r["backend"]
+                     and (x["model"], x["n"], x["batch"], x["target_sparsity"]) == (r["model"], r["n"], r["batch"],
+                                                                                       r["target_sparsity"])]
+            layers = DendriticConfig.from_preset(MODELS[r["model"]]).num_hidden_layers
+            r["policy_ms"] = layer[0]["policy_ms"] * layers if layer and layer[0].get("policy_ms") else None
+            r["policy_ms_source"] = "layer-level policy_ms x num_layers" if r["policy_ms"] else None
     payload["provenance"].update(loadavg_end=load_average(), wall_s=round(time.time() - budget.t0, 1))
     atomic_write_json(args.out, payload)  # again: skips after the last configuration that ran
     print(f"wrote {args.out}: {len(payload['rows'])} rows, {len(payload['skipped'])} skipped, "

@@ -132,7 +132,7 @@ def table1(out: Output) -> None:
         ("Scores × 100, mean ± sample std over seeds; " + _starts(runs, tasks) + "; DSN = embeddings + mean pooling + "
          "classifier, no encoder layers; trivial = the best constant prediction's score on the dev labels (majority "
          "class; all-positive for F1; 0 for MCC and correlations)."),
-        *([f"† not informative (kept out of the headline): " + "; ".join(
+        *(["† not informative (kept out of the headline): " + "; ".join(
             f"{task_label(t)}: {summary[t].get('informative_reason', '')}" for t in tasks
             if not summary[t].get("informative", True)) + "."] if any(not summary[t].get("informative", True)
                                                                        for t in tasks) else []),
