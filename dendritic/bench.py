@@ -27,6 +27,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from transformers import BertConfig, BertModel
@@ -35,6 +36,8 @@ from .config import DendriticConfig
 from .kernels import block_sparse_attention
 from .kernels.layout import dense_to_block_mask, random_block_mask
 from .modeling import DendriticBertModel
+from .perforation import PerforationUnit
+from .policies import POLICIES
 
 __all__ = ["block_mask_for_sparsity", "check_against_reference", "check_model_against_reference", "cuda_median_ms",
            "dense_twin", "eager_attention", "eager_fits", "interleaved", "load_average", "make_inputs", "median_p90",
@@ -204,22 +207,45 @@ def check_against_reference(
     return {"checked": "full" if full else f"batch0_heads0-{heads - 1}", "max_abs_err": float((got - ref).abs().max())}
 
 
+@contextmanager
+def _replaying(masks: tuple[torch.Tensor, ...]):
+    """Register, for the duration, a policy ``"_replay"`` that hands each layer (in call order) its recorded mask."""
+    layers = iter(masks)
+
+    def replay(layer, ctx):
+        return PerforationUnit.from_hard_mask(next(layers), ctx.pair_real, ctx.floor, ctx.budgets)
+
+    POLICIES["_replay"] = replay
+    try:
+        yield "_replay"
+    finally:
+        del POLICIES["_replay"]
+
+
 @torch.no_grad()
 def check_model_against_reference(model: DendriticBertModel, input_ids: torch.Tensor, backend: str,
                                    attention_mask: torch.Tensor | None = None, *, atol: float = 1e-4,
                                    **controls) -> dict:
-    """One forward on ``backend`` against the same model on the ``reference`` backend (same masks in eval mode;
-    ``controls``: further per-call arguments of the forward, e.g. ``head_budgets``).
-    Beyond 2^25 reference logits per layer only the first sequence is compared.  Raises ``AssertionError`` on a
-    mismatch; returns ``{"checked": "full"|"batch0", "max_abs_err", "block_sparsity"}``."""
+    """One forward on ``backend`` against the same model on the ``reference`` backend, with the **same masks**
+    (``controls``: further per-call arguments of the forward, e.g. ``head_budgets``).
+
+    The reference replays the block masks the backend's forward chose, layer by layer: a later layer's policy
+    reads hidden states that differ between backends by rounding, and a score that sits on its threshold may
+    flip — a different mask, not a kernel error.  How many blocks the reference's own policy would have decided
+    differently is reported as ``mask_flips``.  Beyond 2^25 reference logits per layer only the first sequence is
+    compared.  Raises ``AssertionError`` on a mismatch; returns ``{"checked": "full"|"batch0", "max_abs_err",
+    "block_sparsity", "mask_flips"}``."""
     B, n = input_ids.shape
     full = B * model.config.num_attention_heads * n * n <= _REFERENCE_ELEMENTS
     ids = input_ids if full else input_ids[:1]
     mask = attention_mask if full or attention_mask is None else attention_mask[:1]
-    got = model(ids, attention_mask=mask, attention_backend=backend, **controls)
-    ref = model(ids, attention_mask=mask, attention_backend="reference", **controls)
-    assert torch.equal(got.block_sparsity, ref.block_sparsity), "the two backends ran different masks"
+    got = model(ids, attention_mask=mask, attention_backend=backend, output_block_masks=True, **controls)
+    own = model(ids, attention_mask=mask, attention_backend="reference", output_block_masks=True, **controls)
+    flips = sum(int((a != b).sum()) for a, b in zip(got.block_masks, own.block_masks))
+    with _replaying(got.block_masks) as replay:
+        ref = model(ids, attention_mask=mask, attention_backend="reference", **{**controls, "policy": replay})
+    assert torch.equal(got.block_sparsity, ref.block_sparsity), "the replayed masks differ from the recorded ones"
     torch.testing.assert_close(got.last_hidden_state, ref.last_hidden_state, rtol=atol, atol=atol)
     return {"checked": "full" if full else "batch0",
             "max_abs_err": float((got.last_hidden_state - ref.last_hidden_state).abs().max()),
-            "block_sparsity": float(got.block_sparsity.mean())}
+            "block_sparsity": float(got.block_sparsity.mean()), "mask_flips": flips}

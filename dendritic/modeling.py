@@ -196,14 +196,15 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
         if module is self:  # a checkpoint without the buffer (converted or older): the config's budgets
             self.head_budgets.copy_(_initial_budgets(self.config))
 
-    def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output, encoder_hidden_states,
-                                cache):
+    def _create_attention_masks(self, attention_mask, encoder_attention_mask, *args, **kwargs):
         """Dendritic layers read the 2-D key padding mask as it is; transformers' 4-D mask builder would also look at
-        its values on the host (to drop an all-ones mask), a synchronisation the forward pass does not need."""
+        its values on the host (to drop an all-ones mask), a synchronisation the forward pass does not need.
+        Arguments pass through as given: the builder's signature changes between transformers releases (5.25 added
+        ``position_ids``)."""
+        encoder_hidden_states = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         if self.config.dendritic and not self.config.is_decoder and encoder_hidden_states is None:
             return attention_mask, encoder_attention_mask
-        return super()._create_attention_masks(attention_mask, encoder_attention_mask, embedding_output,
-                                               encoder_hidden_states, cache)
+        return super()._create_attention_masks(attention_mask, encoder_attention_mask, *args, **kwargs)
 
     # -- per-call controls ---------------------------------------------------------------------------------------
     def dendritic_layers(self) -> list[DendriticSelfAttention]:

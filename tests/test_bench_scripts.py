@@ -117,3 +117,43 @@ def test_memory_schema_and_ratios(memory):
         assert r["ratio_vs_sdpa"] == pytest.approx(r["peak_mb"] / peaks["sdpa"])
     (cpu,) = [r for r in rows if r["backend"] == "cpu"]
     assert cpu["achieved_sparsity"] > 0.3 and cpu["block_size"] == 32
+
+
+def test_model_check_replays_the_masks_and_catches_a_wrong_kernel(monkeypatch):
+    """``check_model_against_reference`` compares outputs under the backend's own masks (replayed on the reference),
+    and a kernel that is off by 1 % anywhere fails it."""
+    import torch
+
+    import dendritic.kernels as kernels
+    from dendritic.bench import check_model_against_reference, shaped_model
+
+    torch.manual_seed(0)
+    model = shaped_model("smoke", 64, block_size=8).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    budgets = torch.full_like(model.head_budgets, 0.5)
+    good = check_model_against_reference(model, ids, "cpu", head_budgets=budgets)
+    assert good["checked"] == "full" and good["max_abs_err"] < 1e-4 and good["mask_flips"] >= 0
+    assert 0.2 < good["block_sparsity"] < 0.8
+
+    cpu = kernels.get_backend("cpu")
+    monkeypatch.setitem(kernels._loaded, "cpu", lambda *a, **kw: cpu(*a, **kw) * 1.01)
+    with pytest.raises(AssertionError, match="not close"):
+        check_model_against_reference(model, ids, "cpu", head_budgets=budgets)
+
+
+def test_flex_refuses_the_cpu_shapes_it_gets_wrong():
+    """8-token blocks with head dim <= 16: compiled FlexAttention on the CPU was measured wrong (errors ~1); the
+    backend raises instead of returning those numbers, and a neighbouring shape still agrees with the reference."""
+    import torch
+
+    from dendritic.kernels import block_sparse_attention
+    from dendritic.kernels.checks import make_case
+
+    q, k, v, nkb, idx, _ = make_case(1, 2, 64, 16, 8, 0.5, dtype=torch.float32, seed=1, device="cpu")
+    with torch.inference_mode(), pytest.raises(NotImplementedError, match="block_size=8"):
+        block_sparse_attention(q, k, v, nkb, idx, block_size=8, key_padding_mask=None, backend="flex")
+    q, k, v, nkb, idx, _ = make_case(1, 2, 64, 16, 16, 0.5, dtype=torch.float32, seed=1, device="cpu")
+    with torch.inference_mode():
+        ref = block_sparse_attention(q, k, v, nkb, idx, block_size=16, key_padding_mask=None, backend="reference")
+        got = block_sparse_attention(q, k, v, nkb, idx, block_size=16, key_padding_mask=None, backend="flex")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ to one token, floor-only / dense / empty masks).  Nothing here is timed.
 
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
@@ -305,10 +306,13 @@ def test_auto_dispatch_follows_the_cost_model(monkeypatch):
 
     monkeypatch.setattr(dispatch, "cost_model", lambda: {})
     assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no model: dense speed
-    model = {"cpu": {"sparse": {"a": 0.05, "b": 1e-5, "c": 1e-9}, "dense": {"a": 0.02, "b": 0.0, "c": 1e-9}}}
-    monkeypatch.setattr(dispatch, "cost_model", lambda: model)
+    # a model whose predicted log time ratio is log(kept) + 0.1 (log 1024 - log n): sparse pays for long inputs
+    # with something skipped
+    w = [0.1 * math.log(1024), 0, -0.1, 0, 1.0, 0, 0, 0]
+    monkeypatch.setattr(dispatch, "cost_model", lambda: {"cpu": {"log_ratio": w}})
     assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "cpu"  # long input, a quarter kept
     assert dispatch.choose_backend("cpu", 1, 12, 64, 64, 64, 1.0) == "masked_sdpa"  # one block: nothing to skip
+    assert dispatch.choose_backend("cpu", 1, 12, 1024, 64, 64, 1.0) == "masked_sdpa"  # everything kept
     assert dispatch.choose_backend("mps", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no sparse kernel there
     # the expected kept share: budgets raised to the floor's share (3 nb - 2 of nb^2 with the dense [CLS] row)
     assert dispatch.expected_keep([0.9, 0.5], 8 * 4, 4, True) == pytest.approx(((22 / 64) + 0.5) / 2)

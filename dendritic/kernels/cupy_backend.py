@@ -101,7 +101,8 @@ def tc_shared_bytes(dtype: torch.dtype, head_dim: int, block_size: int) -> int:
 
 def cuda_include_dirs() -> list[Path]:
     """Directories holding ``cuda_fp16.h``/``cuda_bf16.h`` for NVRTC: the nvidia-cuda-runtime wheel's, then a
-    toolkit's (``CUDA_HOME``/``CUDA_PATH``/``/usr/local/cuda``).  Pure file-system lookups."""
+    toolkit's (``CUDA_HOME``/``CUDA_PATH``/``/usr/local/cuda``), those that also hold ``crt/mma.h`` first.  Pure
+    file-system lookups."""
     dirs = []
     spec = importlib.util.find_spec("nvidia")
     for base in spec.submodule_search_locations if spec else []:
@@ -113,7 +114,9 @@ def cuda_include_dirs() -> list[Path]:
     for d in dirs:
         if (d / "cuda_fp16.h").is_file() and d not in found:
             found.append(d)
-    return found
+    # The tensor-core kernel also needs mma.h's crt/mma.h, which some wheel layouts lack (nvidia-cuda-crt is a
+    # separate wheel on CUDA 13): a directory holding both goes first.
+    return sorted(found, key=lambda d: not (d / "crt" / "mma.h").is_file())
 
 
 def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:

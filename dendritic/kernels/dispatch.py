@@ -3,23 +3,25 @@ model fitted by a benchmark and stored as data (``dispatch_costs.json`` beside t
 ``python -m reproduce.bench.dispatch``).
 
 Both paths compute the same function (``masked_sdpa`` expands the block mask to a token mask), so the choice changes
-time, never the output beyond float tolerance.  The model predicts milliseconds per call::
+time, never the output beyond float tolerance.  The model predicts the log of the time ratio sparse / dense from
+the call's shape::
 
-    sparse ≈ a + b·(B·H·nb) + c·(B·H·kept·bs²·d)        per-task overhead + the kept blocks' work
-    dense  ≈ a + b·(B·H·n²) + c·(B·H·n²·d)              mask expansion / softmax + the full attention's work
+    log(T_sparse / T_dense) ≈ w · [1, log B, log n, log bs, log kept, log d, (log n)², log bs · log n]
 
-(non-negative least squares per device kind) and ``"auto"`` runs the cheaper.  ``kept`` is the *expected* kept
-fraction — the head budgets' keep share, raised to the safety floor's — known on the host without reading a tensor
-(no device synchronisation in the forward pass); the achieved sparsity of the call is recorded beside the path.
-A device kind with no fitted model runs ``masked_sdpa`` (dense speed, nothing to lose) and says so in the path name.
+(least squares on the benchmark's timed shapes, per device kind) and ``"auto"`` runs the block-sparse kernel when
+the predicted ratio is below 1.  ``kept`` is the *expected* kept fraction — the head budgets' keep share, raised to
+the safety floor's — known on the host without reading a tensor (no device synchronisation in the forward pass);
+the achieved sparsity of the call is recorded beside the path.  A device kind with no fitted model runs
+``masked_sdpa`` (dense speed, nothing to lose) and says so in the path name.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-__all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "predict_ms"]
+__all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "features", "predict_log_ratio"]
 
 COST_FILE = Path(__file__).resolve().parent / "dispatch_costs.json"
 SPARSE_BACKEND = {"cpu": "cpu", "cuda": "cupy"}
@@ -40,13 +42,15 @@ def expected_keep(budgets: list[float], n: int, block_size: int, dense_cls_row: 
     return sum(max(1.0 - float(s), floor) for s in budgets) / max(len(budgets), 1)
 
 
-def predict_ms(coeffs: dict, B: int, H: int, n: int, d: int, block_size: int, keep: float) -> dict[str, float]:
-    nb = -(-n // block_size)
-    s, dn = coeffs["sparse"], coeffs["dense"]
-    return {
-        "sparse": s["a"] + s["b"] * B * H * nb + s["c"] * B * H * keep * nb * nb * block_size**2 * d,
-        "dense": dn["a"] + dn["b"] * B * H * n * n + dn["c"] * B * H * n * n * d,
-    }
+def features(B: int, n: int, d: int, block_size: int, keep: float) -> list[float]:
+    """The regressors of the log time ratio (see the module docstring)."""
+    ln, lb = math.log(n), math.log(block_size)
+    return [1.0, math.log(B), ln, lb, math.log(max(keep, 1e-3)), math.log(d), ln * ln, lb * ln]
+
+
+def predict_log_ratio(coeffs: dict, B: int, n: int, d: int, block_size: int, keep: float) -> float:
+    """Predicted log(T_sparse / T_dense) for one call."""
+    return sum(w * f for w, f in zip(coeffs["log_ratio"], features(B, n, d, block_size, keep)))
 
 
 def choose_backend(device_type: str, B: int, H: int, n: int, d: int, block_size: int, keep: float) -> str:
@@ -54,5 +58,4 @@ def choose_backend(device_type: str, B: int, H: int, n: int, d: int, block_size:
     coeffs = cost_model().get(device_type)
     if coeffs is None or device_type not in SPARSE_BACKEND:
         return "masked_sdpa"
-    t = predict_ms(coeffs, B, H, n, d, block_size, keep)
-    return SPARSE_BACKEND[device_type] if t["sparse"] < t["dense"] else "masked_sdpa"
+    return SPARSE_BACKEND[device_type] if predict_log_ratio(coeffs, B, n, d, block_size, keep) < 0 else "masked_sdpa"

@@ -1,10 +1,8 @@
 """Fit the cost model of ``attention_backend="auto"``: the block-sparse ``cpu`` kernel vs masked dense SDPA.
 
 Over a grid of shapes (n, block size, kept fraction, batch, head dim; H = 12, fp32, random masks with the safety floor)
-both paths are timed INTERLEAVED on the same inputs (after a check that they agree), then each path's time is fitted
-by non-negative least squares, relative error weighted (``dendritic.kernels.dispatch`` documents the two formulas)::
-
-    sparse ≈ a + b·(B·H·nb) + c·(B·H·kept_blocks·bs²·d)        dense ≈ a + b·(B·H·n²) + c·(B·H·n²·d)
+both paths are timed INTERLEAVED on the same inputs (after a check that they agree), then the log of their time
+ratio is fitted by least squares on the shape (``dendritic.kernels.dispatch`` documents the regressors).
 
 The coefficients go to ``dendritic/kernels/dispatch_costs.json`` (package data, read by ``"auto"``), every timed row
 and the fit's quality — how often the model picks the faster path, and the worst time lost when it does not — to
@@ -28,7 +26,7 @@ import torch
 
 from dendritic.bench import block_mask_for_sparsity, interleaved, load_average
 from dendritic.kernels import block_sparse_attention
-from dendritic.kernels.dispatch import COST_FILE, predict_ms
+from dendritic.kernels.dispatch import COST_FILE, features, predict_log_ratio
 from dendritic.kernels.layout import dense_to_block_mask
 from dendritic.provenance import atomic_write_json, provenance
 
@@ -48,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--max-call-s", type=float, default=0.6, help="skip shapes whose calls take longer than this")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="a few shapes; writes only --out (default a temp-style path)")
+    p.add_argument("--quick", action="store_true", help="a few shapes; writes only --out (not the package's cost file)")
+    p.add_argument("--refit", type=Path, default=None, help="fit again from the rows of this summary.json (no timing)")
     p.add_argument("--out", type=Path, default=RESULTS / "dispatch" / "summary.json")
     p.add_argument("--cost-file", type=Path, default=COST_FILE)
     args = p.parse_args(argv)
@@ -73,29 +72,18 @@ def time_shape(B: int, n: int, d: int, bs: int, keep: float, rounds: int) -> dic
 
 
 def fit(rows: list[dict]) -> dict:
-    """NNLS per path, each row weighted by 1 / its time (relative error)."""
-    from scipy.optimize import nnls
-
-    def solve(features, target):
-        A, y = np.asarray(features, float), np.asarray(target, float)
-        w = 1.0 / y
-        coef, _ = nnls(A * w[:, None], y * w)
-        return coef
-
-    sparse = solve([[1, r["B"] * H * -(-r["n"] // r["block_size"]),
-                     r["B"] * H * r["kept"] * (-(-r["n"] // r["block_size"])) ** 2 * r["block_size"] ** 2 * r["d"]]
-                    for r in rows], [r["cpu_ms"] for r in rows])
-    dense = solve([[1, r["B"] * H * r["n"] ** 2, r["B"] * H * r["n"] ** 2 * r["d"]] for r in rows],
-                  [r["masked_sdpa_ms"] for r in rows])
-    return {"sparse": dict(zip("abc", map(float, sparse))), "dense": dict(zip("abc", map(float, dense)))}
+    """Least squares of log(T_sparse / T_dense) on the shape regressors."""
+    X = np.asarray([features(r["B"], r["n"], r["d"], r["block_size"], r["kept"]) for r in rows])
+    y = np.log([r["cpu_ms"] / r["masked_sdpa_ms"] for r in rows])
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    return {"log_ratio": [float(c) for c in coef]}
 
 
 def evaluate(coeffs: dict, rows: list[dict]) -> dict:
     """How well the fitted rule picks the faster path on the timed shapes."""
     right, regret = 0, []
     for r in rows:
-        t = predict_ms(coeffs, r["B"], H, r["n"], r["d"], r["block_size"], r["kept"])
-        pick = "cpu" if t["sparse"] < t["dense"] else "masked_sdpa"
+        pick = "cpu" if predict_log_ratio(coeffs, r["B"], r["n"], r["d"], r["block_size"], r["kept"]) < 0 else "masked_sdpa"
         best = min(r["cpu_ms"], r["masked_sdpa_ms"])
         r["auto_choice"] = pick
         r["auto_over_best"] = r[f"{pick}_ms"] / best
@@ -113,6 +101,10 @@ def main(argv=None) -> int:
                                           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}}
     t0 = time.time()
     slow: set[tuple] = set()
+    if args.refit is not None:  # a new cost-model form on rows already timed
+        old = json.loads(args.refit.read_text())
+        payload["rows"], payload["provenance"] = old["rows"], {**old["provenance"], "refit": True}
+        args.head_dims = args.batches = args.lengths = []
     with torch.inference_mode():
         for d in args.head_dims:
             for B in args.batches:
@@ -127,6 +119,8 @@ def main(argv=None) -> int:
                                 slow.add((B, d, bs))
                             print(f"B={B} d={d} n={n} b={bs} kept={row['kept']:.2f}: cpu {row['cpu_ms']:.2f} ms, "
                                   f"masked sdpa {row['masked_sdpa_ms']:.2f} ms", flush=True)
+    from dendritic.kernels.cpu import cpu_isa
+
     coeffs = fit(payload["rows"])
     payload["fit"] = {"coefficients": coeffs, **evaluate(coeffs, payload["rows"])}
     payload["provenance"].update(loadavg_end=load_average(), wall_s=round(time.time() - t0, 1))
@@ -134,6 +128,7 @@ def main(argv=None) -> int:
     if not args.quick:
         costs = json.loads(args.cost_file.read_text()) if args.cost_file.exists() else {}
         costs["cpu"] = {**coeffs, "fitted_by": "python -m reproduce.bench.dispatch", "shapes": len(payload["rows"]),
+                        "kernel_path": cpu_isa(torch.float32),
                         "cpu": payload["provenance"]["cpu"], "threads": torch.get_num_threads(),
                         "loadavg_start": payload["provenance"]["loadavg_start"], "created": payload["provenance"]["created"]}
         atomic_write_json(args.cost_file, costs)

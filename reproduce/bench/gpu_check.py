@@ -3,7 +3,8 @@
 
 1. the ``gpu``-marked tests (pytest), pass/fail counts;
 2. correctness of the "cupy" backend against an fp64 reference on a grid of dtypes, head dims, block sizes, lengths;
-3. backward: dQ, dK, dV of the backward kernel against fp64 autograd;
+3. backward: dQ, dK, dV of the backward kernel against fp64 autograd, and loss curves of a small attention
+   regressor trained with hard masks on the "cupy" backend vs the "reference" backend (same init, data, masks);
 4. a timing table — the package's backends as the model calls them (``block_sparse_attention(..., backend=...)``:
    "cupy" and "flex", the latter torch.compile'd FlexAttention with the same BlockMask) vs SDPA (dense) vs eager
    dense (materialised n x n) — over n, sparsity, dtype and batch, with CUDA events, warm-up and medians,
@@ -195,6 +196,50 @@ def backward_grid() -> list[dict]:
     return rows
 
 
+def training_curves(steps: int = 60) -> list[dict]:
+    """Training with hard masks through the backward kernel: a one-layer attention regressor (fp32 master weights,
+    q/k/v cast to the kernel's dtype) trained with Adam from the same initialisation, data and fixed block masks
+    on the ``cupy`` backend and on the ``reference`` backend (dense masked math under autograd, same dtype); both
+    loss curves and their largest relative gap.  The model itself trains through the relaxed (soft-mask) path, so
+    this is the kernel's share of a hard-mask training step, isolated."""
+    from dendritic.kernels import block_sparse_attention
+    from dendritic.kernels.checks import make_case
+
+    rows = []
+    B, H, n, d, bs, width = 4, 2, 256, 32, 16, 64
+    for dtype_name in ("fp32", "bf16", "fp16"):
+        dtype = DTYPES[dtype_name]
+        _, _, _, nkb, idx, pad = make_case(B, H, n, d, bs, 0.5, dtype=torch.float32, pad_frac=0.1, seed=7)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(B, n, width, generator=g).cuda()
+        target = torch.randn(B, n, width, generator=g).cuda()
+        curves = {}
+        for backend in ("cupy", "reference"):
+            torch.manual_seed(0)
+            qkv, proj = torch.nn.Linear(width, 3 * H * d).cuda(), torch.nn.Linear(H * d, width).cuda()
+            opt = torch.optim.Adam([*qkv.parameters(), *proj.parameters()], lr=3e-3)
+            losses = []
+            for _ in range(steps):
+                q, k, v = qkv(x).view(B, n, 3, H, d).permute(2, 0, 3, 1, 4).to(dtype).contiguous().unbind(0)
+                out = block_sparse_attention(q.contiguous(), k.contiguous(), v.contiguous(), nkb, idx, block_size=bs,
+                                             key_padding_mask=pad, backend=backend)
+                loss = torch.nn.functional.mse_loss(proj(out.float().transpose(1, 2).reshape(B, n, H * d)), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+            curves[backend] = losses
+        gap = max(abs(a - b) / abs(b) for a, b in zip(curves["cupy"], curves["reference"]))
+        rows.append({"dtype": dtype_name, "steps": steps, "B": B, "H": H, "n": n, "d": d, "block": bs,
+                     "loss_cupy": [round(v, 5) for v in curves["cupy"]],
+                     "loss_reference": [round(v, 5) for v in curves["reference"]],
+                     "max_rel_gap": float(f"{gap:.3g}"),
+                     "loss_drop": round(curves["reference"][0] - curves["reference"][-1], 5)})
+        print(f"train {dtype_name}: loss {curves['cupy'][0]:.4f} -> {curves['cupy'][-1]:.4f} (cupy), "
+              f"{curves['reference'][-1]:.4f} (reference); max relative gap {gap:.3g}", flush=True)
+    return rows
+
+
 def model_timing(args, deadline: float) -> list[dict]:
     """End to end: DendriticBERT (MiniLM-L6 and BERT-base shapes, random weights, block 64, fp16) on the cupy backend
     vs its dense twin (transformers BertModel, SDPA) at n = 2048 .. 8192, B = 1; CUDA events, medians."""
@@ -235,7 +280,7 @@ def model_timing(args, deadline: float) -> list[dict]:
 def timing_table(args, deadline: float) -> list[dict]:
     import torch.nn.functional as F
 
-    from dendritic.kernels import block_sparse_attention
+    from dendritic.kernels import block_sparse_attention, validate_inputs
     from dendritic.kernels.layout import dense_to_block_mask, random_block_mask
 
     H, d, bs = args.heads, args.head_dim, args.block_size
@@ -257,16 +302,19 @@ def timing_table(args, deadline: float) -> list[dict]:
             keep = random_block_mask(B, H, nb, 1.0 - sparsity, generator=g)  # (B, H, nb, nb) incl. the floor
             kv_num_blocks, kv_indices = (t.cuda() for t in dense_to_block_mask(keep))
             achieved = round(1.0 - keep.float().mean().item(), 4)
+            validate_inputs(q, k, v, kv_num_blocks, kv_indices, bs, None, check_values=True)
             row = {"B": B, "H": H, "d": d, "block": bs, "dtype": dtype_name, "n": n, "target_sparsity": sparsity,
                    "achieved_sparsity": achieved, "ms": {}, "notes": {}}  # fmt: skip
+            # As the model calls them: the mask was checked once above (validate_inputs), no host reads per call.
             backend = partial(block_sparse_attention, q, k, v, kv_num_blocks, kv_indices, block_size=bs,
-                              key_padding_mask=None, scale=scale)
+                              key_padding_mask=None, scale=scale, check_values=False)
             q32, k32, v32 = (t.float() for t in (q, k, v))
             fns = {
                 "cupy": partial(backend, backend="cupy"),  # the package's backends, as the model calls them
                 # the SIMT kernel (fp32 inputs): what the tensor-core kernel replaces for fp16/bf16
                 "cupy_simt_fp32": partial(block_sparse_attention, q32, k32, v32, kv_num_blocks, kv_indices,
-                                          block_size=bs, key_padding_mask=None, scale=scale, backend="cupy"),
+                                          block_size=bs, key_padding_mask=None, scale=scale, backend="cupy",
+                                          check_values=False),
                 "sdpa": partial(F.scaled_dot_product_attention, q, k, v, scale=scale),
                 "eager": partial(eager_attention, q, k, v, scale),
             }
@@ -370,7 +418,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():  # nothing measured: no result file (the committed one stays as it is)
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 2
-    steps = [("correctness", correctness_grid), ("backward", backward_grid)]
+    steps = [("correctness", correctness_grid), ("backward", backward_grid), ("training", training_curves)]
     if not args.skip_tests:
         steps.insert(
             0, ("tests", lambda: run_gpu_tests(min(args.test_timeout_s, max(10.0, deadline - time.perf_counter()))))

@@ -25,8 +25,11 @@ namespace dendritic {
 namespace {
 
 constexpr int KC = 32;  // keys per score tile
-constexpr int KJ = 8;   // keys per Q.K^T register tile
-constexpr int DD = 8;   // head dims per P.V register tile
+// AVX2 has 16 vector registers (AVX-512: 32): the register tiles are smaller than the AVX-512 kernel's so that the
+// accumulators, the query / probability vectors and the broadcast fit without spilling (KJ·MV + MV + 1 <= 16 and
+// DD·MV + MV + 1 <= 16 for MV <= 2 query vectors of 8 rows).
+constexpr int KJ = 6;   // keys per Q.K^T register tile
+constexpr int DD = 6;   // head dims per P.V register tile
 
 // e^x for x <= 88; exactly 0 for x < -87.3 (below FLT_MIN, and for -inf / NaN from masked entries).
 // Cody-Waite range reduction x = k ln2 + r (|r| <= ln2/2), degree-7 Taylor series of e^r (relative error < 6e-9),
@@ -195,11 +198,9 @@ int64_t avx2_scratch_floats(const BlockSparseParams& p) { return (2 * p.d + KC) 
 
 void avx2_run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
   if (p.block_size <= 8)
-    run_task<1>(p, task, scratch);
-  else if (p.block_size <= 16)
-    run_task<2>(p, task, scratch);
+    run_task<1>(p, task, scratch);  // 8 query rows per chunk
   else
-    run_task<4>(p, task, scratch);
+    run_task<2>(p, task, scratch);  // 16
 }
 
 }  // namespace dendritic
