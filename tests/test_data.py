@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import sklearn.metrics
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+pytest.importorskip("datasets", reason="the training extra (datasets) is not installed")  # e.g. on a bare GPU image
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

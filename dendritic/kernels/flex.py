@@ -90,4 +90,7 @@ def flex_attention_backend(
     # (8) Dynamo would silently run flex_attention *eagerly* (an unfused dense path): raise the limit for this call
     # and make hitting it an error, never a quiet switch to another implementation.
     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
-        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+        # On CUDA the Triton kernel's own tile (BLOCK_M x BLOCK_N, 128 by default on Hopper) must divide the mask's
+        # blocks: tile at the mask's block size (FlexAttention refuses Q_BLOCK_SIZE=64 with its default tile).
+        options = {"BLOCK_M": block_size, "BLOCK_N": block_size} if q.device.type == "cuda" else None
+        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options)

@@ -12,6 +12,7 @@
    saved exactly as fast as dense SDPA computes the kept ones); the SIMT kernel on fp32 copies beside the
    tensor-core one;
 5. the end-to-end model (fp16, block 64) vs its dense twin under SDPA at n = 2048 .. 8192;
+   and one profiled forward (top operators by CUDA and CPU time);
 6. one JSON with provenance, written atomically (and copied to ``$OUT`` when that is set).
 
 Everything is bounded by ``--budget-s``: the timing grid runs cheapest first and skips what would not fit.
@@ -274,6 +275,29 @@ def model_timing(args, deadline: float) -> list[dict]:
     return rows
 
 
+def model_profile(n: int = 2048, sparsity: float = 0.75) -> dict:
+    """Where the end-to-end model's time goes on the GPU: one profiled forward (MiniLM-L6 shapes, fp16, block 64,
+    cupy backend, B = 1) after warm-up; the top operators by self CUDA time and by CPU time, as text tables."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dendritic.bench import shaped_model
+
+    model = shaped_model("small", n, block_size=64, attention_backend="cupy").cuda().half()
+    ids = torch.randint(0, 30000, (1, n), device="cuda")
+    budgets = torch.full_like(model.head_budgets, sparsity)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(ids, head_budgets=budgets)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model(ids, head_budgets=budgets)
+            torch.cuda.synchronize()
+    table = prof.key_averages()
+    return {"preset": "small", "n": n, "target_sparsity": sparsity, "B": 1, "dtype": "fp16",
+            "by_cuda_time": table.table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=60),
+            "by_cpu_time": table.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60)}
+
+
 # -- 3. timing -------------------------------------------------------------------------------------------------------
 
 
@@ -424,7 +448,8 @@ def main(argv=None) -> int:
             0, ("tests", lambda: run_gpu_tests(min(args.test_timeout_s, max(10.0, deadline - time.perf_counter()))))
         )
     steps.append(("timing", lambda: timing_table(args, deadline - 60.0)))
-    steps.append(("model", lambda: model_timing(args, deadline - 5.0)))
+    steps.append(("model", lambda: model_timing(args, deadline - 20.0)))
+    steps.append(("model_profile", model_profile))
     for name, step in steps:
         t0 = time.perf_counter()
         try:

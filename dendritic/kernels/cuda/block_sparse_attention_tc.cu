@@ -186,9 +186,13 @@ block_sparse_attention_fwd_tc(const T* __restrict__ q,  // (B, H, n, D)
 
             // Online softmax of row `row` over this tile (base 2, fp32).
             constexpr int kHalfKeys = KT / 2;
+            // Lane-skewed loops: the 32 lanes read 16 rows x 2 halves whose starts are a multiple of 32 words
+            // apart, i.e. one shared-memory bank; starting each lane at its own offset (j + lane) spreads them
+            // over the banks (32-way conflicts otherwise).  max and sum do not depend on the order.
             float* srow = s_w + row * KT + half * kHalfKeys;
             float mt = dbsa_tc::neg_inf();
-            for (int j = 0; j < kHalfKeys; ++j) {
+            for (int jj = 0; jj < kHalfKeys; ++jj) {
+                const int j = (jj + lane) % kHalfKeys;
                 const float x = srow[j] * scale_log2 + bias_s[half * kHalfKeys + j];
                 srow[j] = x;
                 mt = fmaxf(mt, x);
@@ -200,14 +204,15 @@ block_sparse_attention_fwd_tc(const T* __restrict__ q,  // (B, H, n, D)
             const float alpha = exp2f(m_old - m_use);
             float rs = 0.f;
             T* prow = p_w + row * KT + half * kHalfKeys;
-            for (int j = 0; j < kHalfKeys; ++j) {
+            for (int jj = 0; jj < kHalfKeys; ++jj) {
+                const int j = (jj + lane) % kHalfKeys;
                 const float p = exp2f(srow[j] - m_use);
                 rs += p;
                 prow[j] = dbsa_tc::from_float<T>(p);
             }
             rs += __shfl_xor_sync(0xffffffffu, rs, 1);
             float* orow = o_w + row * D + half * (D / 2);
-            for (int e = 0; e < D / 2; ++e) orow[e] *= alpha;
+            for (int ee = 0; ee < D / 2; ++ee) orow[(ee + lane) % (D / 2)] *= alpha;
             __syncwarp();  // both lanes of the row have read m_old
             if (half == 0) {
                 m_w[row] = m_new;
@@ -240,7 +245,10 @@ block_sparse_attention_fwd_tc(const T* __restrict__ q,  // (B, H, n, D)
         const float inv = l > 0.f ? 1.f / l : 0.f;
         T* o = out + head_off + static_cast<long long>(qrow) * D + half * (D / 2);
         const float* orow = o_w + row * D + half * (D / 2);
-        for (int e = 0; e < D / 2; ++e) o[e] = dbsa_tc::from_float<T>(orow[e] * inv);
+        for (int ee = 0; ee < D / 2; ++ee) {
+            const int e = (ee + lane) % (D / 2);
+            o[e] = dbsa_tc::from_float<T>(orow[e] * inv);
+        }
         if (half == 0) {
             const float ln2 = 0.6931471805599453f;
             lse[static_cast<long long>(bh) * n + qrow] = l > 0.f ? (m_w[row] + log2f(l)) * ln2 : dbsa_tc::neg_inf();
