@@ -28,9 +28,12 @@ class GatingController(nn.Module):
 
     @staticmethod
     def features(hidden_states: torch.Tensor, key_padding_mask: torch.Tensor, log_mass: torch.Tensor) -> torch.Tensor:
-        """(B, d + H + 2) complexity features: mean hidden state, log length, spread of token norms, and each
+        """(B, d + H + 2) fp32 complexity features: mean hidden state, log length, spread of token norms, and each
         head's mean row entropy of the block log-mass ℓ (B, H, nb, nb)."""
-        real = key_padding_mask[..., None].to(hidden_states.dtype)  # (B, n, 1)
+        # In fp32 whatever the model's dtype: sums over n tokens overflow fp16 (at n = 4096 the token norms of a
+        # MiniLM sum past 65504, the shift became NaN and every block but the floor was dropped).
+        hidden_states = hidden_states.float()
+        real = key_padding_mask[..., None].float()  # (B, n, 1)
         length = real.sum(dim=1).clamp_min(1.0)  # (B, 1)
         mean = (hidden_states * real).sum(dim=1) / length  # (B, d)
         norms = hidden_states.norm(dim=-1, keepdim=True)  # (B, n, 1)
@@ -42,5 +45,5 @@ class GatingController(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, key_padding_mask: torch.Tensor, log_mass: torch.Tensor) -> torch.Tensor:
         """Threshold shift per input and head, (B, H), bounded by ``±max_shift``."""
-        f = self.features(hidden_states, key_padding_mask, log_mass.detach())
+        f = self.features(hidden_states, key_padding_mask, log_mass.detach()).to(self.norm.weight.dtype)
         return self.max_shift * torch.tanh(self.mlp(self.norm(f)))

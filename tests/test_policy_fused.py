@@ -85,3 +85,19 @@ def test_tiny_inputs(n):
     with torch.no_grad():
         out = model(torch.randint(0, 500, (1, n)), output_block_masks=True)
     assert out.policy_impl == ("fused", "fused") and float(out.block_sparsity.max()) == 0.0
+
+
+def test_gate_is_finite_for_long_fp16_inputs():
+    """The gate's features sum over the tokens: in fp16 they overflowed at n = 4096 (a NaN shift dropped every block
+    but the floor — measured on an H200).  They are computed in fp32; the shift comes back in the gate's dtype."""
+    from dendritic.gating import GatingController
+
+    torch.manual_seed(0)
+    gate = GatingController(hidden_size=384, num_heads=12, max_shift=2.0)
+    torch.nn.init.normal_(gate.mlp[-1].weight, std=0.1)  # a trained gate, not the zero-initialised one
+    gate = gate.half()
+    hidden = torch.nn.functional.layer_norm(torch.randn(1, 4096, 384), (384,)).half()  # token norms ~ sqrt(384)
+    assert float((hidden.float().norm(dim=-1)).sum()) > 65504  # the sum that overflowed fp16
+    log_mass = torch.log_softmax(torch.randn(1, 12, 64, 64), dim=-1)
+    shift = gate(hidden, torch.ones(1, 4096, dtype=torch.bool), log_mass)
+    assert shift.dtype == torch.float16 and torch.isfinite(shift).all() and shift.abs().max() > 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import os
 import subprocess
@@ -42,6 +43,7 @@ from dendritic.provenance import provenance as base_provenance
 from ..paths import REPO, RESULTS
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+STEPS = ("tests", "correctness", "backward", "training", "timing", "model", "model_profile")
 
 
 def parse_args(argv=None):
@@ -64,6 +66,11 @@ def parse_args(argv=None):
     p.add_argument("--max-call-s", type=float, default=0.5, help="skip a backend whose single call exceeds this")
     p.add_argument("--eager-max-gb", type=float, default=24.0, help="skip eager when its n x n tensors exceed this")
     p.add_argument("--backends", nargs="+", default=["cupy", "cupy_simt_fp32", "flex", "sdpa", "eager"])
+    p.add_argument("--steps", nargs="+", default=None, choices=STEPS,
+                   help="run only these steps (default: all); with --update the others are kept from --out")
+    p.add_argument("--update", action="store_true",
+                   help="start from the existing --out file: replace the steps run now and append this run's "
+                        "provenance, arguments and steps to its 'reruns' list")
     return p.parse_args(argv)
 
 
@@ -428,10 +435,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     deadline = t_start + args.budget_s
-    summary = {
+    this_run = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "provenance": provenance(),
     }
+    if args.update:
+        if not args.out.is_file():
+            raise SystemExit(f"--update: {args.out} does not exist")
+        summary = json.loads(args.out.read_text())
+        summary.setdefault("reruns", []).append({**this_run, "steps": args.steps or list(STEPS)})
+    else:
+        summary = this_run
 
     def save():
         summary["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -450,6 +464,8 @@ def main(argv=None) -> int:
     steps.append(("timing", lambda: timing_table(args, deadline - 60.0)))
     steps.append(("model", lambda: model_timing(args, deadline - 20.0)))
     steps.append(("model_profile", model_profile))
+    if args.steps:
+        steps = [(name, step) for name, step in steps if name in args.steps]
     for name, step in steps:
         t0 = time.perf_counter()
         try:

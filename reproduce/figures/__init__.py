@@ -6,11 +6,13 @@
     memory     peak memory vs n + table
     ablations  ablation bars + table
     masks      example block masks on dev sentences
+    gpu        GPU kernel timing table (gpu_check)
 
 Every builder takes an :class:`~reproduce.figures.common.Output` and either writes its files or prints one
 "skipped" line when an input does not exist yet.
 """
 
-from . import ablations, glue, latency, masks, memory, training
+from . import ablations, glue, gpu, latency, masks, memory, training
 
-FIGURES = [*glue.FIGURES, *training.FIGURES, *latency.FIGURES, *memory.FIGURES, *ablations.FIGURES, *masks.FIGURES]
+FIGURES = [*glue.FIGURES, *training.FIGURES, *latency.FIGURES, *memory.FIGURES, *ablations.FIGURES, *masks.FIGURES,
+           *gpu.FIGURES]
