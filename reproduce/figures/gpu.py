@@ -52,6 +52,9 @@ def table_gpu(out: Output) -> None:
         caption.append(f"End to end (random weights, block 64, fp16, B = 1, {len(model)} configurations, "
                        f"n = {min(m['n'] for m in model)}–{max(m['n'] for m in model)}): DendriticBERT on `cupy` "
                        f"takes {best:.1f}–{worst:.1f}× its dense twin under SDPA.")
+    for rerun in data.get("reruns", []):
+        caption.append(f"Steps {', '.join(rerun.get('steps', []))} are from a later run on the same machine class "
+                       f"(provenance in the file's `reruns`).")
     out.table("table_gpu", header, text_rows, caption, [path], "GPU kernel timing rows", csv_header=cols,
               csv_rows=[[rec[c] for c in cols] for rec in recs])
 
