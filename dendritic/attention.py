@@ -130,6 +130,8 @@ class DendriticSelfAttention(BertSelfAttention):
                 keep = expected_keep(policy_call.host_budgets[self.layer_idx], n, self.block_size,
                                      self.config.dense_cls_row)
                 backend = choose_backend(q.device.type, B, q.shape[1], n, q.shape[-1], self.block_size, keep)
+                if backend == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+                    backend = "masked_sdpa"  # an eval-mode forward under autograd: the CPU kernel is forward-only
             policy_call.paths.append(backend)
             kv_num_blocks, kv_indices = policy.kv_num_blocks, policy.kv_indices
             if kv_num_blocks is None:

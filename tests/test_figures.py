@@ -154,6 +154,15 @@ def build_fixtures(root: Path) -> None:
                                                               "loadavg_start": [1.0, 1.0, 1.0]},
                                                "rows": kern, "skipped_for_time_budget": []})
 
+    gpu = [{"B": 8, "H": 12, "d": 64, "block": 64, "dtype": dt, "n": n, "target_sparsity": s, "achieved_sparsity": s,
+            "ms": {"cupy": n / 100 * (1 - s), "cupy_simt_fp32": n / 60 * (1 - s), "flex": n / 400 * (1 - s) + 0.5,
+                   "sdpa": n / 1000}, "efficiency_cupy": 0.1, "efficiency_flex": 0.4, "notes": {}}
+           for dt in ("fp16", "bf16") for n in (1024, 4096) for s in (0.0, 0.5)]
+    _write(root / "gpu" / "summary.json", {"provenance": {"gpu": "synthetic", "sm": "9.0", "torch": "x",
+                                                          "kernel_sha256": {"tc.cu": "0" * 64}},
+                                           "timing": gpu, "model": [{"n": 2048, "dendritic_ms": 3.0,
+                                                                     "ratio_vs_sdpa": 1.5}]})
+
     mem = [{"n": n, "batch": 1, "backend": b, "model": "bert-base", "target_sparsity": s,
             "achieved_sparsity": s, "peak_mb": n * (2.0 if b == "eager" else 1.0) * (1 - (s or 0) / 2),
             "reduction_vs_eager": None if b == "eager" else 0.5, "ratio_vs_sdpa": 1.0, "method": "cuda.max_memory_allocated"}
@@ -208,7 +217,7 @@ EXPECTED = [
     "latency_vs_n.png", "speedup_vs_sparsity.png", "policy_overhead.png", "table_latency.md", "table_latency.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
-    "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png",
+    "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
     "MANIFEST.md",
 ]
 
