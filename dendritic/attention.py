@@ -129,9 +129,8 @@ class DendriticSelfAttention(BertSelfAttention):
             if backend == "auto":  # decided from shapes and host-side budgets: no device synchronisation
                 keep = expected_keep(policy_call.host_budgets[self.layer_idx], n, self.block_size,
                                      self.config.dense_cls_row)
-                backend = choose_backend(q.device.type, B, q.shape[1], n, q.shape[-1], self.block_size, keep)
-                if backend == "cpu" and torch.is_grad_enabled() and q.requires_grad:
-                    backend = "masked_sdpa"  # an eval-mode forward under autograd: the CPU kernel is forward-only
+                backend = choose_backend(q.device.type, B, q.shape[1], n, q.shape[-1], self.block_size, keep,
+                                         needs_grad=torch.is_grad_enabled() and q.requires_grad)
             policy_call.paths.append(backend)
             kv_num_blocks, kv_indices = policy.kv_num_blocks, policy.kv_indices
             if kv_num_blocks is None:

@@ -311,6 +311,8 @@ def test_auto_dispatch_follows_the_cost_model(monkeypatch):
     w = [0.1 * math.log(1024), 0, -0.1, 0, 1.0, 0, 0, 0]
     monkeypatch.setattr(dispatch, "cost_model", lambda: {"cpu": {"log_ratio": w}})
     assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "cpu"  # long input, a quarter kept
+    # under autograd the forward-only CPU kernel is not eligible: masked SDPA (differentiable, the same function)
+    assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25, needs_grad=True) == "masked_sdpa"
     assert dispatch.choose_backend("cpu", 1, 12, 64, 64, 64, 1.0) == "masked_sdpa"  # one block: nothing to skip
     assert dispatch.choose_backend("cpu", 1, 12, 1024, 64, 64, 1.0) == "masked_sdpa"  # everything kept
     assert dispatch.choose_backend("mps", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no sparse kernel there

@@ -25,6 +25,7 @@ __all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "featur
 
 COST_FILE = Path(__file__).resolve().parent / "dispatch_costs.json"
 SPARSE_BACKEND = {"cpu": "cpu", "cuda": "cupy"}
+FORWARD_ONLY = {"cpu"}  # sparse backends without a backward: never chosen when the call must be differentiable
 
 
 _COSTS = json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {}  # read once, at import (traceable later)
@@ -53,9 +54,14 @@ def predict_log_ratio(coeffs: dict, B: int, n: int, d: int, block_size: int, kee
     return sum(w * f for w, f in zip(coeffs["log_ratio"], features(B, n, d, block_size, keep)))
 
 
-def choose_backend(device_type: str, B: int, H: int, n: int, d: int, block_size: int, keep: float) -> str:
-    """``"cpu"``/``"cupy"`` (block-sparse) or ``"masked_sdpa"`` for one call; see the module docstring."""
+def choose_backend(device_type: str, B: int, H: int, n: int, d: int, block_size: int, keep: float, *,
+                   needs_grad: bool = False) -> str:
+    """``"cpu"``/``"cupy"`` (block-sparse) or ``"masked_sdpa"`` for one call; see the module docstring.
+    ``needs_grad``: the call runs under autograd with inputs that require grad (e.g. an eval-mode forward whose loss
+    is back-propagated), so a forward-only kernel is not eligible."""
     coeffs = cost_model().get(device_type)
     if coeffs is None or device_type not in SPARSE_BACKEND:
+        return "masked_sdpa"
+    if needs_grad and SPARSE_BACKEND[device_type] in FORWARD_ONLY:
         return "masked_sdpa"
     return SPARSE_BACKEND[device_type] if predict_log_ratio(coeffs, B, n, d, block_size, keep) < 0 else "masked_sdpa"

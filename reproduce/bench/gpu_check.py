@@ -443,12 +443,13 @@ def main(argv=None) -> int:
         if not args.out.is_file():
             raise SystemExit(f"--update: {args.out} does not exist")
         summary = json.loads(args.out.read_text())
-        summary.setdefault("reruns", []).append({**this_run, "steps": args.steps or list(STEPS)})
+        this_run["steps"] = args.steps or list(STEPS)
+        summary.setdefault("reruns", []).append(this_run)  # the same dict: save() fills in its wall_s
     else:
         summary = this_run
 
     def save():
-        summary["wall_s"] = round(time.perf_counter() - t_start, 1)
+        this_run["wall_s"] = round(time.perf_counter() - t_start, 1)  # the summary itself, or its 'reruns' entry
         atomic_write_json(args.out, summary)
         if os.environ.get("OUT") and Path(os.environ["OUT"]).resolve() != args.out.parent.resolve():
             shutil.copy(args.out, Path(os.environ["OUT"]) / "summary.json")
@@ -498,7 +499,7 @@ def main(argv=None) -> int:
             print(_format_row(r))
     else:
         print(f"timing: {timing}")
-    print(f"wrote {args.out} in {summary['wall_s']} s")
+    print(f"wrote {args.out} in {this_run['wall_s']} s")
     ok = isinstance(corr, list) and n_ok == len(corr) and (not tests or tests.get("returncode") == 0)
     return 0 if ok else 1
 
