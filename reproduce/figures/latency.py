@@ -205,7 +205,7 @@ def table_latency(out: Output) -> None:
     caption = [("Latency, median over repeats (ratios are time ÷ the baseline's time measured in the same run; < 1 "
                 "is faster)."), "Baselines: SDPA (does not materialise n×n) and HF eager (materialises it).",
                "Amdahl bound as recorded by the benchmark (skipped attention × attention's share of the FLOPs).",
-               "Machine: " + _provenance_line(prov) + "."]
+               "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
     out.table("table_latency", header, rows, caption, [path], "latency rows (kernel/layer/model) vs SDPA and eager",
               csv_header=cols, csv_rows=csv_rows)
 
@@ -227,13 +227,17 @@ def _kernels(out: Output, what: str):
     return (df, data), path
 
 
+def _load_line(prov: dict) -> str:
+    """The 1-min load average when timing started (a timing under load is labelled by it)."""
+    load = prov.get("loadavg_start")
+    return f"; 1-min load average at start {load[0]:.1f} on {prov.get('threads', '?')} threads (shared machine)" \
+        if isinstance(load, list) and load else ""
+
+
 def _kernel_caption(data: dict) -> str:
     prov = data.get("provenance", {})
-    load = prov.get("loadavg_start")
-    extra = f"; 1-min load average at start {load[0]:.1f} on {prov.get('threads', '?')} threads (shared machine)" \
-        if isinstance(load, list) and load else ""
     return f"{data.get('what', '')}; efficiency = {data.get('efficiency_definition', '?')}; " + \
-        _provenance_line(prov) + extra
+        _provenance_line(prov) + _load_line(prov)
 
 
 def kernel_efficiency(out: Output) -> None:
