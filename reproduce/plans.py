@@ -379,12 +379,15 @@ class RecipePlan:
     init: str
     common: dict
     task: dict[str, dict]
+    compare_init: str | None = None  # [init_comparison]: each task's chosen lr, fine-tuned from this checkpoint too
+    compare_learning_rates: dict[str, float] = field(default_factory=dict)
     kind: str = "recipes"
 
     @classmethod
     def load(cls, preset: str, config_dir: Path = CONFIGS) -> "RecipePlan":
         raw = _read("recipes", preset, config_dir)
-        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task"}, f"{preset}/recipes.toml")
+        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task", "init_comparison"},
+               f"{preset}/recipes.toml")
         common = dict(raw.get("common", {}))
         if common.get("eval_split") != "train_holdout":
             raise ValueError(f"{preset}/recipes.toml: recipes are chosen on held-out training data "
@@ -395,8 +398,17 @@ class RecipePlan:
         task = {t.lower(): dict(v) for t, v in raw.get("task", {}).items()}
         for t, settings in task.items():
             load_phase_config(3, preset, {**common, **settings}, config_dir=config_dir)
+        comparison = dict(raw.get("init_comparison", {}))
+        _known(comparison, {"init", "learning_rates"}, f"{preset}/recipes.toml [init_comparison]")
+        compare_init = comparison.get("init")
+        if comparison and (compare_init not in (PRETRAINED, PHASE1) or compare_init == init):
+            raise ValueError(f"{preset}/recipes.toml [init_comparison]: init must be the other of {PRETRAINED!r} and "
+                             f"{PHASE1!r} than the search's ({init!r}), got {compare_init!r}")
+        compare_lrs = {t.lower(): float(lr) for t, lr in comparison.get("learning_rates", {}).items()}
+        _check_tasks(compare_lrs, "[init_comparison] learning_rates")
         return cls(preset=preset, tasks=_check_tasks(raw["tasks"], "recipes"), seeds=[int(s) for s in raw["seeds"]],
-                   learning_rates=[float(x) for x in raw["learning_rates"]], init=init, common=common, task=task)
+                   learning_rates=[float(x) for x in raw["learning_rates"]], init=init, common=common, task=task,
+                   compare_init=compare_init, compare_learning_rates=compare_lrs)
 
     def pretraining(self) -> dict[str, Pretrain]:
         return {PHASE1: Pretrain(PHASE1, 1)}
@@ -404,9 +416,16 @@ class RecipePlan:
     def runs(self, sel: Selection) -> list[Run]:
         tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
         seeds = sel.seeds if sel.seeds is not None else self.seeds
-        return [Run(task, f"dense-lr{lr:g}-seed{seed}", "dense", seed, self.init,
-                    {**self.common, **self.task.get(task, {}), "learning_rate": lr}, group="recipes")
-                for task in tasks for lr in self.learning_rates for seed in seeds]
+        def run(task: str, lr: float, seed: int, init: str) -> Run:
+            tag = "" if init == self.init else f"{init}-"  # the comparison's runs carry their checkpoint's name
+            return Run(task, f"dense-{tag}lr{lr:g}-seed{seed}", "dense", seed, init,
+                       {**self.common, **self.task.get(task, {}), "learning_rate": lr}, group="recipes")
+
+        out = [run(task, lr, seed, self.init) for task in tasks for lr in self.learning_rates for seed in seeds]
+        # The init comparison after the search: the same recipe (the task's chosen lr) from the other checkpoint.
+        out += [run(task, self.compare_learning_rates[task], seed, self.compare_init)
+                for task in tasks if task in self.compare_learning_rates for seed in seeds]
+        return out
 
 
 # -- long documents --------------------------------------------------------------------------------------------------

@@ -233,7 +233,12 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
                          "wall_time_s": float(np.sum([r.get("wall_time_s", 0.0) for r in rs]))})
         best = max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores (smaller lr)
         out[task] = {"recipes": rows, "best": best["recipe"], "best_learning_rate": best["learning_rate"],
-                     "best_score": best["score"], "eval_split": "train_holdout"}
+                     "best_init": best["init_from"], "best_score": best["score"], "eval_split": "train_holdout"}
+        inits = {r["init_from"] for r in rows}
+        if len(inits) > 1:  # the init comparison: the same learning rate from each starting checkpoint
+            lr = next(r["learning_rate"] for r in rows if r["init_from"] != rows[0]["init_from"])
+            out[task]["init_comparison"] = {"learning_rate": lr, **{Path(r["init_from"]).name: r["score"]
+                                                                    for r in rows if r["learning_rate"] == lr}}
     return out
 
 

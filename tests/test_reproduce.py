@@ -209,3 +209,41 @@ def test_every_committed_plan_loads():
                 assert plan.runs(Selection(tradeoff=True)), (preset_dir.name, kind)
                 found += 1
     assert found >= 8
+
+
+def test_recipe_init_comparison_runs_and_summary(tmp_path):
+    """[init_comparison] adds, per listed task, the chosen learning rate from the other checkpoint (its own run
+    name); the summary puts the two held-out scores side by side and the best recipe names its checkpoint."""
+    from reproduce.plans import RecipePlan, Selection
+    from reproduce.summaries import summarise_recipes
+
+    cfg = tmp_path / "small"
+    cfg.mkdir()
+    for name in ("phase1", "phase2", "phase3"):  # the phase configs the plan validates against
+        (cfg / f"{name}.toml").write_text((REPO / "reproduce/configs/small" / f"{name}.toml").read_text())
+    (cfg / "recipes.toml").write_text(
+        'tasks = ["rte", "mrpc"]\nseeds = [0]\nlearning_rates = [2e-5, 5e-5]\ninit = "minilm"\n'
+        '[common]\neval_split = "train_holdout"\n[init_comparison]\ninit = "phase1"\nlearning_rates = { rte = 2e-5 }\n')
+    plan = RecipePlan.load("small", tmp_path)
+    runs = plan.runs(Selection())
+    assert [(r.task, r.name, r.init) for r in runs if r.init != "minilm"] == [("rte", "dense-phase1-lr2e-05-seed0", "phase1")]
+    assert len(runs) == 5
+
+    def write(task: str, stem: str, lr: float, init: str, score: float) -> None:
+        (tmp_path / "res" / task).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "res" / task / f"{stem}-seed0.json").write_text(json.dumps(
+            {"seed": 0, "score": score, "metric": "accuracy", "metrics": {"accuracy": score}, "dev_examples": 10,
+             "train_examples": 90, "resolved_config": {"learning_rate": lr, "epochs": 5.0, "batch_size": 16,
+                                                       "init_from": init}}))
+
+    write("rte", "dense-lr2e-05", 2e-5, "minilm", 0.56)
+    write("rte", "dense-lr5e-05", 5e-5, "minilm", 0.54)
+    write("rte", "dense-phase1-lr2e-05", 2e-5, "runs/small/phase1", 0.58)
+    write("mrpc", "dense-lr2e-05", 2e-5, "minilm", 0.8)
+    summary = summarise_recipes(tmp_path / "res", ["rte", "mrpc"])
+    assert summary["rte"]["init_comparison"] == {"learning_rate": 2e-5, "minilm": 0.56, "phase1": 0.58}
+    assert summary["rte"]["best"] == "dense-phase1-lr2e-05" and summary["rte"]["best_init"] == "runs/small/phase1"
+    assert "init_comparison" not in summary["mrpc"]
+    with pytest.raises(ValueError, match="init_comparison"):
+        (cfg / "recipes.toml").write_text((cfg / "recipes.toml").read_text().replace('init = "phase1"', 'init = "minilm"'))
+        RecipePlan.load("small", tmp_path)
