@@ -73,6 +73,13 @@ def summarise_glue(results: Path, tasks: list[str]) -> dict:
                            - (next(iter(by[v].values())).get("policy_parameters") or 0 if v == "dense" else 0)
                            for v in by if by[v]},
             "policy_parameters": next(iter(by["dendritic"].values())).get("policy_parameters"),
+            # Is the policy input-dependent (#13 part 2b)?  Share of block decisions that differ from the most common
+            # one among inputs of the same length, and the per-input sparsity spread once length is fixed; means
+            # over seeds (None for runs made before these were recorded).
+            "input_dependence": _mean_or_none([(r.get("input_dependence") or {}).get("input_dependence")
+                                               for r in by["dendritic"].values()]),
+            "sparsity_spread_given_length": _mean_or_none([r.get("sparsity_spread_given_length")
+                                                           for r in by["dendritic"].values()]),
         }
         entry = summary[task]
         entry["trivial_score"] = trivial_score(task, next(iter(by["dense"].values()))["labels"])
