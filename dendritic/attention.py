@@ -77,6 +77,9 @@ class DendriticSelfAttention(BertSelfAttention):
     def block_policy(self, hidden_states: torch.Tensor, q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor,
                      call: PolicyCall) -> PerforationOutput:
         """Decide the block mask for this input with ``call.policy``.  hidden_states (B, n, d); q, k (B, H, n, dh)."""
+        # Inference with the learned policy: one C++ call (it derives counts, floor and real pairs itself).
+        if call.fused_policy and call.policy == "learned" and not self.training and fused_policy_available(hidden_states):
+            return fused_learned_policy(self, hidden_states, key_padding, call.budgets[self.layer_idx], call.temperature)
         nb = num_blocks(q.shape[2], self.block_size)
         counts = block_token_counts(key_padding, self.block_size)  # (B, nb)
         block_real = counts > 0
@@ -86,8 +89,6 @@ class DendriticSelfAttention(BertSelfAttention):
             floor=safety_floor(nb, dense_cls_row=self.config.dense_cls_row, device=q.device),
             budgets=call.budgets[self.layer_idx], temperature=call.temperature, training=self.training,
         )
-        if call.fused_policy and call.policy == "learned" and not self.training and fused_policy_available(hidden_states):
-            return fused_learned_policy(self, hidden_states, key_padding, ctx.budgets, call.temperature)
         return get_policy(call.policy)(self, ctx)
 
     # -- attention with the mask -------------------------------------------------------------------------------
