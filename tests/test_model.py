@@ -109,6 +109,39 @@ def test_training_path_forward_equals_inference_path_with_same_mask():
     assert _max_valid_diff(train_out.last_hidden_state.detach(), eval_out.last_hidden_state, mask) <= 1e-5
 
 
+@pytest.mark.parametrize("n,block", [(37, 4), (32, 8), (9, 1), (5, 8)])
+def test_relaxed_attention_equals_the_expanded_mask_formula(n, block):
+    """The training attention broadcasts the block mask over (nb, b, nb, b) views of the scores; values and
+    gradients equal the formula with the mask expanded to n × n tokens — soft masks, a ragged last block,
+    padding."""
+    torch.manual_seed(n)
+    cfg = DendriticConfig.from_preset("smoke", block_size=block, attention_probs_dropout_prob=0.0)
+    layer = DendriticBertModel(cfg).encoder.layer[0].attention.self
+    B, H, dh = 2, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    nb = num_blocks(n, block)
+    q, k, v = (torch.randn(B, H, n, dh, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.rand(B, H, nb, nb, dtype=torch.float64)
+    mask[mask < 0.3] = 0.0  # some blocks cut outright
+    mask.requires_grad_(True)
+    key_padding = torch.ones(B, n, dtype=torch.bool)
+    key_padding[1, max(1, n - 3):] = False
+
+    def expanded(q, k, v, mask):
+        m = mask.repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :n, :n] * key_padding[:, None, None, :]
+        logits = (q @ k.transpose(-1, -2)) * layer.scaling
+        row_max = torch.nan_to_num(logits.detach().masked_fill(m.detach() <= 0, float("-inf")).amax(-1, keepdim=True),
+                                   neginf=0.0)
+        w = torch.exp((logits - row_max).clamp(max=0.0)) * m
+        return (w / w.sum(-1, keepdim=True).clamp_min(1e-30)) @ v
+
+    weights = torch.randn(B, H, n, dh, dtype=torch.float64)
+    got = torch.autograd.grad((layer._relaxed_attention(q, k, v, mask, key_padding) * weights).sum(), (q, k, v, mask))
+    want = torch.autograd.grad((expanded(q, k, v, mask) * weights).sum(), (q, k, v, mask))
+    assert torch.allclose(layer._relaxed_attention(q, k, v, mask, key_padding), expanded(q, k, v, mask), atol=1e-12)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_policy_receives_gradients():
     torch.manual_seed(3)
     model = DendriticBertForMaskedLM(DendriticConfig.from_preset("smoke", target_sparsity=0.3)).train()
