@@ -488,8 +488,8 @@ class LongPlan:
         lengths = self.selected_lengths(sel)  # --tasks selects lengths here
         seeds = sel.seeds if sel.seeds is not None else self.seeds
         out = []
-        for n in lengths:
-            for seed in seeds:
+        for seed in seeds:  # seed by seed: seed 0 at every length first (the latency step times the seed-0 models)
+            for n in lengths:
                 dense = f"dense-n{n}-seed{seed}"
                 out.append(Run(self.task, dense, "dense", seed, "long/phase1", self._settings("dense", n, self.task),
                                keep_model=True, group="long"))
