@@ -163,6 +163,18 @@ def build_fixtures(root: Path) -> None:
                                            "timing": gpu, "model": [{"n": 2048, "dendritic_ms": 3.0,
                                                                      "ratio_vs_sdpa": 1.5}]})
 
+    long_rows = [{"task": "sotu_party", "n": n, "block_size": 64, "target_sparsity": 0.75, "achieved_sparsity": 0.74,
+                  "metric": "accuracy", "majority_score": 0.55, "dense_mean": 0.8, "dense_std": 0.01,
+                  "dendritic_mean": 0.79, "dendritic_std": 0.02, "retention": 0.79 / 0.8, "agreement": 0.96,
+                  "seeds": SEEDS, "input_dependence": 0.1, "batch": batch, "dense_sdpa_ms": n / 2,
+                  "dendritic_ms": n / 3, "ratio_vs_sdpa": 2 / 3, "ratio_vs_eager": 0.2, "amdahl_bound": 0.6,
+                  "path": "cpu"} for n in (1024, 2048) for batch in (1, 8)]
+    _write(root / "long" / "summary.json", {
+        "rows": long_rows, "mlm": [{"n": 2048, "target_sparsity": s, "achieved_sparsity": s - 0.01, "dense_loss": 2.0,
+                                    "dendritic_loss": 2.0 + s / 10} for s in (0.5, 0.75, 0.9)],
+        "latency_provenance": {"cpu": "synthetic", "threads": 2, "loadavg_start": [0.1, 0.1, 0.1]},
+        "mlm_provenance": {}})
+
     mem = [{"n": n, "batch": 1, "backend": b, "model": "bert-base", "target_sparsity": s,
             "achieved_sparsity": s, "peak_mb": n * (2.0 if b == "eager" else 1.0) * (1 - (s or 0) / 2),
             "reduction_vs_eager": None if b == "eager" else 0.5, "ratio_vs_sdpa": 1.0, "method": "cuda.max_memory_allocated"}
@@ -218,7 +230,7 @@ EXPECTED = [
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
-    "MANIFEST.md",
+    "table_long.md", "table_long.csv", "table_long_mlm.md", "long_latency_vs_retention.png", "MANIFEST.md",
 ]
 
 

@@ -7,12 +7,13 @@
     ablations  ablation bars + table
     masks      example block masks on dev sentences
     gpu        GPU kernel timing table (gpu_check)
+    long       long documents: accuracy + latency of the same trained models on the same windows, MLM loss
 
 Every builder takes an :class:`~reproduce.figures.common.Output` and either writes its files or prints one
 "skipped" line when an input does not exist yet.
 """
 
-from . import ablations, glue, gpu, latency, masks, memory, training
+from . import ablations, glue, gpu, latency, long, masks, memory, training
 
 FIGURES = [*glue.FIGURES, *training.FIGURES, *latency.FIGURES, *memory.FIGURES, *ablations.FIGURES, *masks.FIGURES,
-           *gpu.FIGURES]
+           *gpu.FIGURES, *long.FIGURES]
