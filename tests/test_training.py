@@ -209,3 +209,31 @@ def test_two_process_training_ranks_agree(tmp_path):
     r0, r1 = (out / "rank0.txt").read_text().split(), (out / "rank1.txt").read_text().split()
     assert r0[0] == r1[0] == "2"  # really two processes in one process group
     assert r0[1] == r1[1]  # identical weights on both ranks
+
+
+def test_fast_backends_predict_like_the_reference_on_a_trained_checkpoint(smoke_run):
+    """The trained phase-3 checkpoint on its task's dev set: the `cpu` kernel and the `auto` dispatch give the
+    predictions and per-input sparsity of the `reference` backend (dense math with the mask) — so a score measured
+    with a fast backend is the score of the model."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from dendritic import DendriticBertForSequenceClassification
+    from dendritic.training.data import load_glue, tokenize_glue
+    from dendritic.training.phases import evaluate_glue
+
+    folder = smoke_run / "phase3"
+    task = json.loads((folder / "resolved_config.json").read_text())["task"]
+    model = DendriticBertForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dev = tokenize_glue(load_glue(task, splits=("validation",))["validation"], tokenizer, task)
+    runs = {}
+    for backend in ("reference", "cpu", "auto"):
+        model.bert.set_attention_backend(backend)
+        runs[backend] = evaluate_glue(model, dev, tokenizer, batch_size=16)
+    ref = runs["reference"]
+    assert len(ref["predictions"]) == len(dev) and 0.0 < np.mean(ref["per_input_sparsity"]) < 1.0
+    for backend in ("cpu", "auto"):
+        assert runs[backend]["predictions"] == ref["predictions"], backend
+        assert runs[backend]["per_input_sparsity"] == ref["per_input_sparsity"], backend  # the same masks
+        assert runs[backend]["attention_backend"] == backend
