@@ -370,7 +370,8 @@ class DiagnosticsPlan:
 # -- recipes ---------------------------------------------------------------------------------------------------------
 @dataclass
 class RecipePlan:
-    """Dense fine-tuning recipes (learning rate × task settings) scored on a held-out slice of the training split."""
+    """Dense fine-tuning recipes (learning rate × task settings) scored on a held-out slice of the training split;
+    ``[init_comparison]`` reruns each listed task's chosen learning rate from the other starting checkpoint."""
 
     preset: str
     tasks: list[str]
