@@ -171,7 +171,8 @@ class GluePlan:
                    variants=variants, task={t.lower(): dict(v) for t, v in raw.get("task", {}).items()},
                    variant=variant, tradeoff_tasks=_check_tasks(trade.get("tasks", []), "tradeoff"),
                    tradeoff_targets=[float(x) for x in trade.get("targets", [])],
-                   main_target=load_phase_config(3, preset, config_dir=config_dir).target_sparsity)
+                   main_target=float(variant.get("dendritic", {}).get("settings", {}).get(
+                       "target_sparsity", load_phase_config(3, preset, config_dir=config_dir).target_sparsity)))
         for t in plan.task:
             for v in variants:
                 load_phase_config(3, preset, plan.settings(t, v), config_dir=config_dir)  # every cell validates
@@ -340,7 +341,7 @@ class DiagnosticsPlan:
     def load(cls, preset: str, config_dir: Path = CONFIGS) -> "DiagnosticsPlan":
         raw = _read("diagnostics", preset, config_dir)
         _known(raw, {"runs"}, f"{preset}/diagnostics.toml")
-        entries = {name: dict(spec) for name, spec in raw["runs"].items()}
+        entries = {name: dict(spec) for name, spec in raw.get("runs", {}).items()}  # none planned: an empty plan
         for name, spec in entries.items():
             _known(spec, {"question", "task", "variant", "init", "seeds", "settings", "policy", "reference"},
                    f"{preset}/diagnostics.toml [runs.{name}]")
@@ -437,7 +438,11 @@ class LongPlan:
     masked-LM warm-up (``long/phase1``: positions extended to the longest n, trained on the task's training addresses
     only), then DendriticBERT sparsified from that dense model (``[variant.dendritic]``).  ``long/phase2`` (masked LM
     with the sparsity loss at length) feeds the held-out MLM evaluation (``[mlm_eval]``); the latency of the trained
-    seed-0 models on the same dev windows is measured by ``reproduce.bench.long_latency`` (``[latency]``)."""
+    seed-0 models on the same dev windows is measured by ``reproduce.bench.long_latency`` (``[latency]``).
+
+    ``[[holdout]]``: candidate dense recipes (``name``, ``length``, ``seeds``, ``settings`` over the dense variant's)
+    scored on a held-out slice of the *training* addresses (whole addresses, ``eval_split = "train_holdout"``), run
+    before the main runs as ``holdout-<name>-n<n>-seed<k>``: the dense recipe is chosen without looking at dev."""
 
     preset: str
     task: str
@@ -449,13 +454,15 @@ class LongPlan:
     extra: list[dict]
     mlm_eval: dict
     latency: dict
+    holdout: list[dict] = field(default_factory=list)
     kind: str = "long"
 
     @classmethod
     def load(cls, preset: str, config_dir: Path = CONFIGS) -> "LongPlan":
         raw = _read("long", preset, config_dir)
         where = f"{preset}/long.toml"
-        _known(raw, {"task", "lengths", "seeds", "phase1", "phase2", "variant", "extra", "mlm_eval", "latency"}, where)
+        _known(raw, {"task", "lengths", "seeds", "phase1", "phase2", "variant", "extra", "mlm_eval", "latency",
+                     "holdout"}, where)
         if raw["task"] not in LONG_TASKS:
             raise ValueError(f"{where}: task must be one of {list(LONG_TASKS)}, got {raw['task']!r}")
         variant = {v: dict(spec) for v, spec in raw["variant"].items()}
@@ -464,7 +471,13 @@ class LongPlan:
         plan = cls(preset=preset, task=raw["task"], lengths=[int(n) for n in raw["lengths"]],
                    seeds=[int(s) for s in raw["seeds"]], phase1=dict(raw["phase1"]), phase2=dict(raw["phase2"]),
                    variant=variant, extra=[dict(e) for e in raw.get("extra", [])], mlm_eval=dict(raw.get("mlm_eval", {})),
-                   latency=dict(raw.get("latency", {})))
+                   latency=dict(raw.get("latency", {})), holdout=[dict(h) for h in raw.get("holdout", [])])
+        names = [h.get("name") for h in plan.holdout]
+        for h in plan.holdout:
+            _known(h, {"name", "length", "seeds", "settings"}, f"{where} [[holdout]]")
+            if not h.get("name") or names.count(h["name"]) > 1 or int(h.get("length", 0)) not in plan.lengths:
+                raise ValueError(f"{where} [[holdout]]: each needs a unique name and a length of the plan's "
+                                 f"{plan.lengths}, got {h!r}")
         positions = plan.phase1.get("model_overrides", {}).get("max_position_embeddings", 512)
         if max(plan.lengths) > positions:
             raise ValueError(f"{where}: lengths up to {max(plan.lengths)} need [phase1] model_overrides."
@@ -489,6 +502,15 @@ class LongPlan:
         lengths = self.selected_lengths(sel)  # --tasks selects lengths here
         seeds = sel.seeds if sel.seeds is not None else self.seeds
         out = []
+        for h in self.holdout:  # recipe candidates first: the main dense recipe is chosen from them
+            n = int(h["length"])
+            if n not in lengths:
+                continue
+            for seed in h.get("seeds", [0]):
+                settings = {**self._settings("dense", n, self.task), **h.get("settings", {}),
+                            "eval_split": "train_holdout"}
+                out.append(Run(self.task, f"holdout-{h['name']}-n{n}-seed{seed}", "dense", seed, "long/phase1",
+                               settings, group="long"))
         for seed in seeds:  # seed by seed: seed 0 at every length first (the latency step times the seed-0 models)
             for n in lengths:
                 dense = f"dense-n{n}-seed{seed}"

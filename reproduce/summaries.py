@@ -288,5 +288,12 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
                              "attention_share": t and t.get("attention_share"), "amdahl_bound": t and t.get("amdahl_bound"),
                              "latency_sparsity": t and t.get("achieved_sparsity"), "latency_seed": t and t.get("seed"),
                              "path": t and t.get("path")})
-    return {"rows": rows, "mlm": mlm.get("rows", []),
+    holdout = [{"name": r["name"].rsplit("-n", 1)[0].removeprefix("holdout-"),
+                "n": r["resolved_config"].get("max_length"), "seed": r["seed"], "metric": r["metric"],
+                "score": r["score"], "majority_score": r["metrics"].get("majority_rate"),
+                "train_windows": r["train_examples"], "held_out_windows": r["dev_examples"],
+                "epochs": r["resolved_config"].get("epochs"), "learning_rate": r["resolved_config"].get("learning_rate")}
+               for task in tasks for f in sorted((results / task).glob("holdout-*.json"))
+               for r in [{**json.loads(f.read_text()), "name": f.stem}]]
+    return {"rows": rows, "mlm": mlm.get("rows", []), "holdout": holdout,
             "latency_provenance": latency.get("provenance"), "mlm_provenance": mlm.get("provenance")}

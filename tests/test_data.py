@@ -190,6 +190,19 @@ def test_split_held_out_deterministic():
     assert held != list(D.split_held_out(ds, 0.1, seed=1)["held_out"]["x"])
 
 
+def test_split_held_out_by_group_keeps_groups_whole():
+    # 40 groups of uneven size (1..5 rows): a fifth of the groups is held out, every group on one side only
+    line = [g for g in range(40) for _ in range(g % 5 + 1)]
+    ds = Dataset.from_dict({"x": list(range(len(line))), "line": line})
+    parts = D.split_held_out(ds, 0.2, seed=3, group="line")
+    held, train = set(parts["held_out"]["line"]), set(parts["train"]["line"])
+    assert len(held) == 8 and held.isdisjoint(train) and held | train == set(range(40))
+    assert sorted(list(parts["train"]["x"]) + list(parts["held_out"]["x"])) == list(range(len(line)))
+    assert sum(line.count(g) for g in held) == len(parts["held_out"])
+    with pytest.raises(ValueError, match="group column"):
+        D.split_held_out(ds, 0.2, group="address")
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 

@@ -93,7 +93,12 @@ def build_fixtures(root: Path) -> None:
                 rec = _run_record(task, variant, seed, rng)
                 runs.setdefault(task, {}).setdefault(variant, {})[seed] = rec
                 _write(glue / task / f"{variant}-seed{seed}.json", rec)
-    _write(glue / "summary.json", _summary(runs))
+    summary = _summary(runs)
+    _write(glue / "summary.json", summary)
+    # the write-up's recipe, archived: the same tasks 10 points lower (table_glue_recipes sets them side by side)
+    v1 = {t: ({**v, "dense_mean": v["dense_mean"] - 0.1, "dendritic_mean": v["dendritic_mean"] - 0.1}
+              if isinstance(v, dict) and "dense_mean" in v else v) for t, v in summary.items()}
+    _write(root / "archive" / "v1-writeup-recipe" / "glue" / "summary.json", v1)
     trade = [{"task": t, "policy": "learned", "target_sparsity": s, "score": 0.7 - 0.2 * s * s, "metric": TASKS[t],
               "sparsity_mean": s * 0.9, "pair_sparsity_mean": s * 0.85, "seed": 0}
              for t in ("rte", "mrpc") for s in (0.3, 0.5, 0.7, 0.9)]
@@ -230,7 +235,8 @@ EXPECTED = [
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
-    "table_long.md", "table_long.csv", "table_long_mlm.md", "long_latency_vs_retention.png", "MANIFEST.md",
+    "table_long.md", "table_long.csv", "table_long_mlm.md", "long_latency_vs_retention.png", "table_glue_recipes.md",
+    "table_glue_recipes.csv", "MANIFEST.md",
 ]
 
 
@@ -293,6 +299,18 @@ def test_table1_content(two_runs):
     csv_lines = (root / "a" / "table1_glue.csv").read_text().splitlines()
     assert csv_lines[0].startswith("task,metric,trivial_score,informative,dense_mean")
     assert len(csv_lines) == 1 + len(TASKS) + 3  # tasks, headline, two averages
+
+
+def test_glue_recipes_table(two_runs):
+    root, _ = two_runs
+    md = (root / "a" / "table_glue_recipes.md").read_text()
+    summary = json.loads((root / "results" / "glue" / "summary.json").read_text())
+    rte = [line for line in md.splitlines() if line.startswith("| RTE |")]
+    assert [line.split("|")[2].strip() for line in rte] == ["main (v2)", "write-up (v1)"]
+    d = summary["rte"]
+    assert f"| {100 * d['dense_mean']:.1f} ± {100 * d['dense_std']:.1f} |" in rte[0]
+    assert f"| {100 * (d['dense_mean'] - 0.1):.1f} ± {100 * d['dense_std']:.1f} |" in rte[1]
+    assert "| WNLI † |" in md and sum(line.startswith("| Headline") for line in md.splitlines()) == 2
 
 
 def test_ablation_table_content(two_runs):

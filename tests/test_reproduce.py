@@ -206,7 +206,8 @@ def test_every_committed_plan_loads():
         for kind in PLAN_KINDS:
             if (preset_dir / f"{kind}.toml").exists():
                 plan = load_plan(kind, preset_dir.name)
-                assert plan.runs(Selection(tradeoff=True)), (preset_dir.name, kind)
+                empty_ok = kind == "diagnostics" and not plan.entries  # a plan with no questions (yet)
+                assert plan.runs(Selection(tradeoff=True)) or empty_ok, (preset_dir.name, kind)
                 found += 1
     assert found >= 8
 

@@ -449,20 +449,32 @@ def mlm_blocks(
                        num_proc=num_proc, desc=f"MLM blocks of {block_len}")
 
 
-def split_held_out(dataset: Dataset, fraction: float, seed: int = 0) -> DatasetDict:
+def split_held_out(dataset: Dataset, fraction: float, seed: int = 0, group: str | None = None) -> DatasetDict:
     """Deterministic ``DatasetDict(train=..., held_out=...)``: ``round(fraction * len)`` rows (at least 1) held out.
 
     Rows are drawn with ``numpy.random.default_rng(seed)`` and each side keeps the original row order.  Apply it
-    to documents before :func:`mlm_blocks` so that no document contributes to both sides.
+    to documents before :func:`mlm_blocks` so that no document contributes to both sides.  ``group``: the name of
+    a column whose values are held out whole (e.g. the address a long-document window comes from, so that no
+    address gives windows to both sides); ``round(fraction * groups)`` groups are drawn instead of rows.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     n = len(dataset)
     if n < 2:
         raise ValueError("need at least 2 rows to hold some out")
-    k = min(max(1, round(fraction * n)), n - 1)
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
+    if group is None:
+        keys = np.arange(n)
+    else:
+        if group not in dataset.column_names:
+            raise ValueError(f"group column {group!r} not in {dataset.column_names}")
+        keys = np.unique(np.asarray(dataset[group]), return_inverse=True)[1].reshape(-1)
+    n_keys = int(keys.max()) + 1
+    if n_keys < 2:
+        raise ValueError(f"need at least 2 distinct {group!r} values to hold some out")
+    k = min(max(1, round(fraction * n_keys)), n_keys - 1)
+    held_keys = np.zeros(n_keys, dtype=bool)
+    held_keys[np.random.default_rng(seed).choice(n_keys, size=k, replace=False)] = True
+    held = held_keys[keys]
     return DatasetDict({
         "train": dataset.select(np.flatnonzero(~held).tolist()),
         "held_out": dataset.select(np.flatnonzero(held).tolist()),

@@ -295,7 +295,6 @@ def task_data(cfg: Phase3Config, tokenizer) -> TaskData:
 
     if cfg.task in LONG_TASKS:
         data = long_task_datasets(cfg.task, tokenizer, cfg.max_length, data_dir=cfg.data_dir)
-        data = DatasetDict({k: v.remove_columns(["line", "year"]) for k, v in data.items()})
         spec = (2, "accuracy", compute_long_metrics)
     else:
         glue = get_task(cfg.task)
@@ -303,8 +302,13 @@ def task_data(cfg: Phase3Config, tokenizer) -> TaskData:
         spec = (glue.num_labels, glue.primary_metric, lambda p, y: compute_glue_metrics(cfg.task, p, y))
     train, dev = data["train"], data["validation"]
     if cfg.eval_split == "train_holdout":  # recipe selection: never look at dev
-        parts = split_held_out(train, cfg.holdout_fraction, cfg.holdout_seed)
+        # Long-document windows are held out by address ("line"), as the task splits train from dev: windows of
+        # one address on both sides would leak its speaker's style.
+        group = "line" if cfg.task in LONG_TASKS else None
+        parts = split_held_out(train, cfg.holdout_fraction, cfg.holdout_seed, group=group)
         train, dev = parts["train"], parts["held_out"]
+    if cfg.task in LONG_TASKS:
+        train, dev = (d.remove_columns(["line", "year"]) for d in (train, dev))
     if cfg.train_samples:
         train = subsample(train, cfg.train_samples, cfg.seed)
     if cfg.eval_samples:

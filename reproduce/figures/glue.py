@@ -156,6 +156,55 @@ def table1(out: Output) -> None:
               csv_header=csv_header, csv_rows=csv_rows, formats=("md", "csv", "tex"), rules_before=[n_task_rows])
 
 
+# -- the main recipe vs the write-up's ------------------------------------------------------------------------------
+V1_GLUE = Path("archive") / "v1-writeup-recipe" / "glue"
+
+
+def table_glue_recipes(out: Output) -> None:
+    """Per task, the main (v2) recipe's dense and DendriticBERT beside the write-up's (v1, archived): both recipes
+    are rows of the same table (issue #13: the write-up's recipe stays a row)."""
+    paths = {"main (v2)": out.results / "glue" / "summary.json", "write-up (v1)": out.results / V1_GLUE / "summary.json"}
+    if not require(out, "GLUE recipes (table_glue_recipes)", *paths.values()):
+        return
+    summaries = {name: load_json(p) for name, p in paths.items()}
+    tasks = sorted({t for s in summaries.values() for t in task_tasks(s)}, key=task_key)
+    if not task_tasks(summaries["main (v2)"]):
+        out.skip("GLUE recipes (table_glue_recipes)", "glue/summary.json has no task with both dense and dendritic runs")
+        return
+    header = ["Task", "Recipe", "Trivial", "Dense", "DendriticBERT", "Retention %", "Block sparsity %",
+              "Agreement %", "Block size", "Seeds"]
+    rows = []
+    for t in tasks:
+        for name, summary in summaries.items():
+            s = summary.get(t)
+            if not isinstance(s, dict) or "dendritic_mean" not in s:
+                rows.append([task_label(t), name] + ["–"] * 7 + ["0"])
+                continue
+            mark = "" if s.get("informative", True) else " †"
+            rows.append([task_label(t) + mark, name, pct(s.get("trivial_score")), pm(s["dense_mean"], s["dense_std"]),
+                         pm(s["dendritic_mean"], s["dendritic_std"]), pct(s.get("retention")),
+                         pm(s.get("sparsity_mean"), s.get("sparsity_std")), pct(s.get("agreement_with_dense")),
+                         str(s.get("block_size", "–")), str(len(s.get("seeds") or []))])
+    for name, summary in summaries.items():
+        head = summary.get("headline") or {}
+        if head.get("tasks"):
+            rows.append([f"Headline ({', '.join(task_label(t) for t in sorted(head['tasks'], key=task_key))})", name,
+                         "–", pct(head["dense"]), pct(head["dendritic"]), pct(head.get("retention")),
+                         pct(head.get("sparsity_mean")), pct(head.get("agreement_mean")), "–", "–"])
+    caption = [
+        ("GLUE dev, the main recipe vs the write-up's.  Main (v2): dense fine-tuned from the original MiniLM weights "
+         "with each task's recipe chosen on held-out training data; DendriticBERT sparsified from the same seed's "
+         "fine-tuned dense model (distillation, scorer from its query/key projections, target 0.6).  Write-up (v1): "
+         "dense from the phase-1 MLM checkpoint, DendriticBERT from phase 2, one learning rate, subsampled training "
+         "sets, target 0.5 (reproduce/results/archive/v1-writeup-recipe/)."),
+        ("Scores × 100, mean ± sample std over seeds; retention = DendriticBERT / dense; † = dense not clearly above "
+         "the trivial predictor (not informative, kept out of the headline); a headline covers that recipe's "
+         "informative tasks with results."),
+    ]
+    out.table("table_glue_recipes", header, rows, caption, list(paths.values()),
+              "GLUE: the main (v2) recipe vs the write-up's (v1), dense and DendriticBERT per task")
+
+
 def _starts(runs: dict, tasks: list[str]) -> str:
     """Where dense and DendriticBERT start from, from the runs' own resolved configs."""
     def init(variant):
@@ -379,4 +428,4 @@ def sparsity_per_input(out: Output) -> None:
                formats=("png",))
 
 
-FIGURES = [table1, pai_glue, tradeoff, sparsity_per_input]
+FIGURES = [table1, table_glue_recipes, pai_glue, tradeoff, sparsity_per_input]
