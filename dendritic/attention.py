@@ -65,6 +65,22 @@ def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: 
     return (m != 0).expand(batch, n)  # a 2-D user mask: 1 = real token, 0 = padding (any dtype)
 
 
+def _floor_covers_all(nb: int, dense_cls_row: bool) -> bool:
+    """The safety floor alone keeps every block pair (one block; or two with the dense [CLS] row): no policy can
+    skip anything, e.g. n = 128 with 64-token blocks."""
+    return nb == 1 or (nb == 2 and dense_cls_row)
+
+
+def _floor_only(key_padding: torch.Tensor, block_size: int, num_heads: int) -> PerforationOutput:
+    """The policy's output when the floor covers every pair: all real block pairs kept, nothing skipped, built
+    without running a policy (``impl = "floor"``; :meth:`DendriticSelfAttention.forward` then runs dense SDPA)."""
+    real = block_token_counts(key_padding, block_size) > 0  # (B, nb)
+    B, nb = real.shape
+    hard = (real[:, :, None] & real[:, None, :])[:, None].expand(B, num_heads, nb, nb)
+    ones = key_padding.new_ones((B, num_heads), dtype=torch.float32)
+    return PerforationOutput(None, hard, ones, ones, ones.new_zeros(B), impl="floor")
+
+
 class DendriticSelfAttention(BertSelfAttention):
     def __init__(self, config, layer_idx: int = 0):
         super().__init__(config, is_causal=False, layer_idx=layer_idx)
@@ -78,10 +94,12 @@ class DendriticSelfAttention(BertSelfAttention):
     def block_policy(self, hidden_states: torch.Tensor, q: torch.Tensor, k: torch.Tensor, key_padding: torch.Tensor,
                      call: PolicyCall) -> PerforationOutput:
         """Decide the block mask for this input with ``call.policy``.  hidden_states (B, n, d); q, k (B, H, n, dh)."""
+        nb = num_blocks(q.shape[2], self.block_size)
+        if call.backend == "auto" and not self.training and _floor_covers_all(nb, self.config.dense_cls_row):
+            return _floor_only(key_padding, self.block_size, q.shape[1])  # nothing to decide: no policy, dense SDPA
         # Inference with the learned policy: one C++ call (it derives counts, floor and real pairs itself).
         if call.fused_policy and call.policy == "learned" and not self.training and fused_policy_available(hidden_states):
             return fused_learned_policy(self, hidden_states, key_padding, call.budgets[self.layer_idx], call.temperature)
-        nb = num_blocks(q.shape[2], self.block_size)
         counts = block_token_counts(key_padding, self.block_size)  # (B, nb)
         block_real = counts > 0
         ctx = PolicyContext(
@@ -131,7 +149,10 @@ class DendriticSelfAttention(BertSelfAttention):
 
         policy = self.block_policy(hidden_states, q, k, key_padding, policy_call)
         policy_call.trace.append(policy)
-        if self.training:
+        if policy.impl == "floor":  # every block is kept: the dense kernel, padded keys masked
+            policy_call.paths.append("sdpa")
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding[:, None, None, :], scale=self.scaling)
+        elif self.training:
             policy_call.paths.append("relaxed")
             out = self._relaxed_attention(q, k, v, policy.mask, key_padding)
         else:

@@ -15,9 +15,11 @@ Every output carries the achieved sparsity of the forward pass it comes from:
 * ``keep_fraction``  (num_layers, B, H): relaxed keep fraction (differentiable; the sparsity loss uses it);
 * ``keep_target``    (num_layers, B, H): the keep fraction each head's budget asks for;
 * ``block_masks``    per-layer bool (B, H, nb, nb), only with ``output_block_masks=True``;
-* ``policy_impl``    per layer, which implementation of the policy decided ("fused" C++ inference or "python");
+* ``policy_impl``    per layer, which implementation of the policy decided ("fused" C++ inference, "python", or
+  "floor": ``"auto"`` found that the safety floor alone keeps every block pair — one block, or two with the dense
+  [CLS] row, e.g. n = 128 with 64-token blocks — and ran no policy);
 * ``attention_path`` per layer, the attention that ran: a kernel backend ("cpu", "cupy", "masked_sdpa", ...; what
-  ``"auto"`` chose) or "relaxed" (training).
+  ``"auto"`` chose), "sdpa" (dense, after a "floor" policy) or "relaxed" (training).
 """
 
 from __future__ import annotations

@@ -362,7 +362,7 @@ def test_inference_forward_reads_no_tensor_on_the_host(backend, monkeypatch):
     monkeypatch.undo()
     assert reads == [], f"host reads in the forward: {reads}"
     assert len(out.attention_path) == model.config.num_hidden_layers
-    allowed = {"cpu", "masked_sdpa"} if backend == "auto" else {backend}  # "auto" records what it chose
+    allowed = {"cpu", "masked_sdpa", "sdpa"} if backend == "auto" else {backend}  # "auto" records what it chose
     assert set(out.attention_path) <= allowed
 
 
@@ -387,3 +387,25 @@ def test_the_model_compiles_without_graph_breaks():
     torch.testing.assert_close(got.last_hidden_state, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert got.attention_path == ref.attention_path and got.policy_impl == ("fused",) * 2
     assert torch.equal(got.block_sparsity, ref.block_sparsity)
+
+
+@pytest.mark.parametrize("n, floor_only", [(16, True), (32, True), (33, False)])
+def test_auto_skips_the_policy_when_the_floor_keeps_everything(n, floor_only):
+    """n <= 2 blocks (with the dense [CLS] row): the floor alone keeps every block pair, so 'auto' runs no policy and
+    dense SDPA with the padded keys masked — the same outputs and statistics as the reference backend's."""
+    cfg = DendriticConfig.from_preset("smoke", block_size=16, target_sparsity=0.9)
+    model = DendriticBertModel(cfg).eval()
+    ids, mask = _batch(n=n)
+    with torch.no_grad():
+        auto = model(ids, attention_mask=mask, attention_backend="auto", output_block_masks=True)
+        ref = model(ids, attention_mask=mask, attention_backend="reference", output_block_masks=True)
+    L = cfg.num_hidden_layers
+    assert (auto.attention_path == ("sdpa",) * L) == floor_only
+    assert (auto.policy_impl == ("floor",) * L) == floor_only and "floor" not in ref.policy_impl
+    assert _max_valid_diff(auto.last_hidden_state, ref.last_hidden_state, mask) < 1e-5
+    assert torch.equal(auto.block_sparsity, ref.block_sparsity)
+    if floor_only:
+        assert float(auto.block_sparsity.abs().max()) == 0.0
+        assert all(torch.equal(a, r) for a, r in zip(auto.block_masks, ref.block_masks))
+    else:
+        assert float(auto.block_sparsity.max()) > 0.0  # three blocks: the policy does skip
