@@ -53,7 +53,9 @@ class DendriticConfig(BertConfig):
         attention_backend (`str`, default "auto"): kernel used when masks are hard (inference): one of
             ``ATTENTION_BACKENDS``; "auto" picks per call between the device's block-sparse kernel and masked dense
             SDPA from a fitted cost model (``dendritic.kernels.dispatch``) — the same function either way; the path
-            that ran is in the output (``attention_path``).  "reference" is the dense masked specification.
+            that ran is in the output (``attention_path``).  Where the safety floor alone keeps every block pair
+            (one block, or two with ``dense_cls_row``) "auto" runs no policy and plain dense SDPA ("sdpa").
+            "reference" is the dense masked specification.
         dense_cls_row (`bool`, default True): keep the [CLS] query row dense (part of the safety floor).
         gating (`bool`, default True): per-input threshold shift from the gating controller.
         gating_max_shift (`float`, default 2.0): bound on the gate's shift of the threshold (in log-mass units).

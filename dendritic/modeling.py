@@ -59,8 +59,8 @@ class DendriticOutputMixin:
     keep_fraction: torch.Tensor | None = None
     keep_target: torch.Tensor | None = None
     block_masks: tuple[torch.Tensor, ...] | None = None
-    policy_impl: tuple[str, ...] | None = None  # per layer: "fused" or "python" (which implementation decided)
-    attention_path: tuple[str, ...] | None = None  # per layer: the attention that ran ("cpu", "masked_sdpa", ...)
+    policy_impl: tuple[str, ...] | None = None  # per layer: "fused", "python" or "floor" (which decided)
+    attention_path: tuple[str, ...] | None = None  # per layer: the attention that ran ("cpu", "masked_sdpa", "sdpa", ...)
 
 
 @dataclass

@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         build(out)
     manifest = out.manifest()
     print(f"{len(out.entries)} files, {len(out.skipped)} skipped; manifest {manifest}", flush=True)
-    if args.readme:
-        done = embed_table1(Path(args.readme), out_dir / "table1_glue.md")
+    if args.readme:  # only a table this run wrote (a stale one from an earlier run is not copied)
+        wrote = any(f == "table1_glue.md" for f, _, _ in out.entries)
+        done = wrote and embed_table1(Path(args.readme), out_dir / "table1_glue.md")
         print(f"Table 1 {'copied into' if done else 'NOT copied into (markers or table missing)'} {args.readme}", flush=True)
     return 0
 

@@ -80,7 +80,9 @@ class Run:
     def work(self) -> float:
         """Relative cost (training examples × epochs × input length) for the runner's ETA."""
         if self.task in LONG_TASKS:
-            rows = int(self.settings.get("train_samples") or 600) * self.settings.get("max_length", 1024) / 40
+            n = self.settings.get("max_length", 1024)
+            # train_samples 0/None = every training window: ~1,400 at n = 1024 (the addresses' tokens / n)
+            rows = int(self.settings.get("train_samples") or 1400 * 1024 / n) * n / 40
             return rows * float(self.settings.get("epochs", 1.0)) * (2.0 if self.variant == "dendritic" else 1.0)
         rows = get_task(self.task).hub_num_rows.get("train", 1000)
         if self.settings.get("eval_split") == "train_holdout":
@@ -227,7 +229,8 @@ class GluePlan:
                     if not any(r.task == task and r.name == base for r in out):
                         out.append(self._run(task, base, self.init("dendritic"), 0, keep_model=True))
                 for target in self.tradeoff_targets:
-                    if target == self.main_target:  # that point is the main table's seed-0 run: not trained twice
+                    main = self.settings(task, "dendritic").get("target_sparsity", self.main_target)
+                    if target == main:  # that point is the main table's seed-0 run: not trained twice
                         continue
                     out.append(self._run(task, f"tradeoff-learned-{target}", "dendritic", 0, target=target))
         return out
@@ -506,7 +509,7 @@ class LongPlan:
             n = int(h["length"])
             if n not in lengths:
                 continue
-            for seed in h.get("seeds", [0]):
+            for seed in (s for s in h.get("seeds", [0]) if sel.seeds is None or s in sel.seeds):
                 settings = {**self._settings("dense", n, self.task), **h.get("settings", {}),
                             "eval_split": "train_holdout"}
                 out.append(Run(self.task, f"holdout-{h['name']}-n{n}-seed{seed}", "dense", seed, "long/phase1",

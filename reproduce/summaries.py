@@ -66,7 +66,8 @@ def summarise_glue(results: Path, tasks: list[str]) -> dict:
             "agreement_with_dense": float(np.mean(agreement)) if agreement else None,
             "seeds": sorted(set(by["dense"]) & set(by["dendritic"])),
             "block_size": next(iter(by["dendritic"].values()))["block_size"],
-            "train_examples": next(iter(by["dendritic"].values()))["train_examples"],
+            "train_examples": next(iter(by["dendritic"].values()))["train_examples"],  # DendriticBERT's
+            "dense_train_examples": next(iter(by["dense"].values()))["train_examples"],  # may differ (v2: SST-2)
             "dev_examples": next(iter(by["dendritic"].values()))["dev_examples"],
             # Parameters a variant uses: the dense model carries the (unused) policy modules, so they are not counted.
             "parameters": {v: next(iter(by[v].values()))["parameters"]

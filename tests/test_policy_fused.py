@@ -82,9 +82,11 @@ def test_training_and_other_policies_use_the_python_modules():
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_tiny_inputs(n):
     model = _model(4, True, True, 2)
-    with torch.no_grad():
-        out = model(torch.randint(0, 500, (1, n)), output_block_masks=True)
+    with torch.no_grad():  # "auto" would run no policy here (the floor keeps every pair): name the kernel
+        out = model(torch.randint(0, 500, (1, n)), output_block_masks=True, attention_backend="cpu")
+        auto = model(torch.randint(0, 500, (1, n)), output_block_masks=True)
     assert out.policy_impl == ("fused", "fused") and float(out.block_sparsity.max()) == 0.0
+    assert auto.policy_impl == ("floor", "floor") and float(auto.block_sparsity.max()) == 0.0
 
 
 def test_gate_is_finite_for_long_fp16_inputs():

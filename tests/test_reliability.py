@@ -438,7 +438,7 @@ def policy_cases(draw):
         "gating": draw(st.booleans()),
         "policy": draw(st.sampled_from(["learned", "learned", "random", "static", "training_free"])),
         "train": draw(st.booleans()),
-        "backend": draw(st.sampled_from(["reference", "cpu"])),
+        "backend": draw(st.sampled_from(["reference", "cpu", "auto"])),
         "extreme": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**31 - 1)),
     }

@@ -248,3 +248,43 @@ def test_recipe_init_comparison_runs_and_summary(tmp_path):
     with pytest.raises(ValueError, match="init_comparison"):
         (cfg / "recipes.toml").write_text((cfg / "recipes.toml").read_text().replace('init = "phase1"', 'init = "minilm"'))
         RecipePlan.load("small", tmp_path)
+
+
+def test_long_plan_holdout_candidates(tmp_path):
+    """[[holdout]]: dense recipe candidates scored on held-out training addresses, run first, named by candidate,
+    restricted by --seeds and --tasks (lengths); a bad entry fails at load."""
+    from reproduce.plans import LongPlan, Selection
+
+    cfg = tmp_path / "small"
+    cfg.mkdir()
+    for name in ("phase1", "phase2", "phase3"):
+        (cfg / f"{name}.toml").write_text((REPO / "reproduce/configs/small" / f"{name}.toml").read_text())
+    base = (REPO / "reproduce/configs/small/long.toml").read_text().split("[[holdout]]", 1)[0]
+    holdout = ('[[holdout]]\nname = "all-2ep"\nlength = 1024\nseeds = [0, 1]\n'
+               'settings = { train_samples = 0, epochs = 2.0, holdout_fraction = 0.2 }\n')
+    (cfg / "long.toml").write_text(base + holdout)
+    plan = LongPlan.load("small", tmp_path)
+    runs = plan.runs(Selection(seeds=[1]))
+    first = runs[0]
+    assert first.name == "holdout-all-2ep-n1024-seed1" and first.variant == "dense" and first.init == "long/phase1"
+    assert first.settings["eval_split"] == "train_holdout" and first.settings["epochs"] == 2.0
+    assert first.settings["max_length"] == 1024 and first.settings["holdout_fraction"] == 0.2
+    assert not [r for r in runs[1:] if r.name.startswith("holdout-")]  # seed 0's candidate left out by --seeds
+    assert not [r for r in plan.runs(Selection(tasks=["2048"])) if r.name.startswith("holdout-")]
+    (cfg / "long.toml").write_text(base + holdout.replace("length = 1024", "length = 999"))
+    with pytest.raises(ValueError, match="holdout"):
+        LongPlan.load("small", tmp_path)
+
+
+def test_long_summary_lists_holdout_runs(tmp_path):
+    from reproduce.summaries import summarise_long
+
+    rec = {"seed": 0, "metric": "accuracy", "score": 0.61, "metrics": {"accuracy": 0.61, "majority_rate": 0.506},
+           "train_examples": 1106, "dev_examples": 265,
+           "resolved_config": {"max_length": 1024, "epochs": 2.0, "learning_rate": 5e-5}}
+    (tmp_path / "sotu_party").mkdir()
+    (tmp_path / "sotu_party" / "holdout-all-2ep-n1024-seed0.json").write_text(json.dumps(rec))
+    out = summarise_long(tmp_path, ["sotu_party"], {"sotu_party": [1024]})
+    assert out["rows"] == [] and out["holdout"] == [
+        {"name": "all-2ep", "n": 1024, "seed": 0, "metric": "accuracy", "score": 0.61, "majority_score": 0.506,
+         "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5}]

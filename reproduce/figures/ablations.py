@@ -9,12 +9,12 @@ import seaborn as sns
 
 from .common import Output, grid_tasks, is_num, load_json, max_length, pct, pm, require, task_key, task_label
 
-VARIANTS = ["full", "random", "static", "training_free", "no_gating", "uniform_budget", "no_gumbel", "no_anneal",
-            "no_phase2", "distill"]
+VARIANTS = ["full", "random", "static", "training_free", "no_distill", "no_reinit", "no_gating", "uniform_budget",
+            "no_gumbel", "no_anneal", "no_phase2", "distill"]
 LABEL = {"full": "full DendriticBERT", "random": "random mask", "static": "static mask",
          "training_free": "training-free top-k", "no_gating": "no gating", "uniform_budget": "uniform budget",
          "no_gumbel": "no Gumbel noise", "no_anneal": "no annealing", "no_phase2": "no phase 2",
-         "distill": "+ distillation"}
+         "distill": "+ distillation", "no_distill": "no distillation", "no_reinit": "scorer not from the model's QK"}
 
 
 def _load(out: Output, what: str):

@@ -48,10 +48,21 @@ def task_tasks(summary: dict) -> list[str]:
     return sorted((t for t, v in summary.items() if isinstance(v, dict) and "dense_mean" in v), key=task_key)
 
 
-def _settings(runs: dict, task: str) -> dict:
-    """The fine-tuning settings of a task's dendritic runs (resolved_config), the same for every seed."""
-    recs = [r for v in ("dendritic", "dense") for _, r in sorted(runs.get(task, {}).get(v, {}).items())]
+def _settings(runs: dict, task: str, first: str = "dendritic") -> dict:
+    """The fine-tuning settings of a task's runs of variant ``first`` (else the other), the same for every seed."""
+    order = (first, "dense" if first == "dendritic" else "dendritic")
+    recs = [r for v in order for _, r in sorted(runs.get(task, {}).get(v, {}).items())]
     return recs[0].get("resolved_config", {}) if recs else {}
+
+
+def _train_cell(s: dict) -> str:
+    """DendriticBERT's training examples, and the dense baseline's where they differ."""
+    den, dense = s.get("train_examples", "–"), s.get("dense_train_examples")
+    return f"{den} (dense {dense})" if dense is not None and dense != den else str(den)
+
+
+def _data_text(cfg: dict) -> str:
+    return f"{cfg.get('train_samples') or 'all'} train ex. × {cfg.get('epochs', '?')} epochs" if cfg else "?"
 
 
 def _block_sizes(summary: dict, tasks: list[str]) -> str:
@@ -71,7 +82,7 @@ def table1(out: Output) -> None:
         return
     runs = load_runs(glue)
     header = ["Task", "Metric", "Trivial", "Dense", "DendriticBERT", "DSN", "Retention %", "Block sparsity %",
-              "Pair sparsity %", "Agreement %", "Seeds", "Train ex."]
+              "Pair sparsity %", "Agreement %", "Seeds", "Block", "Train ex."]
     rows, csv_rows = [], []
     for t in tasks:
         s = summary[t]
@@ -82,7 +93,7 @@ def table1(out: Output) -> None:
                      pm(s["dendritic_mean"], s["dendritic_std"]), pm(s.get("dsn_mean"), s.get("dsn_std")),
                      pct(s.get("retention")), pm(s.get("sparsity_mean"), s.get("sparsity_std")),
                      pct(s.get("pair_sparsity_mean")), pct(s.get("agreement_with_dense")), str(len(seeds)),
-                     str(s.get("train_examples", "–"))])
+                     str(s.get("block_size", "–")), _train_cell(s)])
         csv_rows.append([t, s["metric"], s.get("trivial_score"), s.get("informative"), s["dense_mean"], s["dense_std"],
                          s["dendritic_mean"], s["dendritic_std"],
                          s.get("dsn_mean"), s.get("dsn_std"), s.get("retention"), s.get("sparsity_mean"),
@@ -94,7 +105,7 @@ def table1(out: Output) -> None:
     if head and head.get("tasks"):
         rows.append([f"Headline ({len(head['tasks'])} informative)", "primary", "–", pct(head["dense"]),
                      pct(head["dendritic"]), "–", pct(head.get("retention")), pct(head.get("sparsity_mean")), "–",
-                     pct(head.get("agreement_mean")), "–", "–"])
+                     pct(head.get("agreement_mean")), "–", "–", "–"])
         csv_rows.append(["headline", "primary", None, True, head["dense"], None, head["dendritic"], None, None, None,
                          head.get("retention"), head.get("sparsity_mean"), None, None, head.get("agreement_mean"),
                          "", None, None, None])
@@ -103,7 +114,7 @@ def table1(out: Output) -> None:
         if not a:
             continue
         rows.append([f"{name} ({len(a['tasks'])})", "primary", "–", pct(a["dense"]), pct(a["dendritic"]), "–",
-                     pct(a.get("retention")), pct(a.get("sparsity_mean")), "–", "–", "–", "–"])
+                     pct(a.get("retention")), pct(a.get("sparsity_mean")), "–", "–", "–", "–", "–"])
         csv_rows.append([key, "primary", None, None, a["dense"], None, a["dendritic"], None, None, None,
                          a.get("retention"), a.get("sparsity_mean"), None, None, None, "", None, None, None])
 
@@ -114,9 +125,11 @@ def table1(out: Output) -> None:
     names = {"smoke": "tiny random BERT", "small": "MiniLM-L6 (all-MiniLM-L6-v2)", "paper": "bert-base-uncased"}
     models = setting_text([names.get(c.get("preset"), c.get("preset")) for c in cfgs.values()])
     max_len = setting_text([c.get("max_length") for c in cfgs.values()])
-    train_desc = "; ".join(
-        f"{task_label(t)} {(cfgs[t].get('train_samples') or 'all') if cfgs[t] else '?'}"
-        f" train ex. × {cfgs[t].get('epochs', '?')} epochs" for t in tasks)
+    dense_cfgs = {t: _settings(runs, t, "dense") for t in tasks}
+    train_desc = "; ".join(  # the dense baseline's data where it differs from DendriticBERT's
+        f"{task_label(t)} {_data_text(cfgs[t])}" + (f" (dense: {_data_text(dense_cfgs[t])})"
+                                                     if _data_text(dense_cfgs[t]) != _data_text(cfgs[t]) else "")
+        for t in tasks)
     seeds_desc = ", ".join(f"{task_label(t)} {len(summary[t].get('seeds') or [])}" for t in tasks)
     avg_desc = []
     for key, name in (("average", "GLUE average"), ("average_without_wnli", "average without WNLI")):
