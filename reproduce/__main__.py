@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: the plan's)")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: the plan's)")
     p.add_argument("--variants", nargs="*", default=None, help="glue: dense/dendritic/dsn; ablations: variant names")
-    p.add_argument("--runs", nargs="*", default=None, help="diagnostics: names of the plan's runs (default: all)")
+    p.add_argument("--runs", nargs="*", default=None, help="diagnostics, recipes: names of the plan's runs (default: all)")
     p.add_argument("--tradeoff", action="store_true", help="glue: also the accuracy–sparsity trade-off runs")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and fresh results (default: runs/<preset>)")
     p.add_argument("--reuse", action="store_true",
@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.preset not in ("small", "smoke"):
             p.error("--quick is the smoke preset; do not combine it with --preset paper")
         args.preset = "smoke"
-    if args.runs and args.plan != "diagnostics":
-        p.error("--runs applies to the diagnostics plan only")
+    if args.runs and args.plan not in ("diagnostics", "recipes"):
+        p.error("--runs applies to the diagnostics and recipes plans only")
     return args
 
 

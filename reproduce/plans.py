@@ -17,6 +17,7 @@ its phase-3 settings.  The checkpoints runs start from are
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -375,7 +376,10 @@ class DiagnosticsPlan:
 @dataclass
 class RecipePlan:
     """Dense fine-tuning recipes (learning rate × task settings) scored on a held-out slice of the training split;
-    ``[init_comparison]`` reruns each listed task's chosen learning rate from the other starting checkpoint."""
+    ``[init_comparison]`` reruns each listed task's chosen learning rate from the other starting checkpoint.
+    ``[sparsify]`` chooses DendriticBERT's target the same way: each listed task's dense run at the GLUE plan's dense
+    learning rate (kept) is sparsified with the GLUE plan's DendriticBERT settings at each ``targets`` value, trained
+    on the same training part and scored on the same held-out slice (run names ``dendritic-t<target>-seed<k>``)."""
 
     preset: str
     tasks: list[str]
@@ -386,12 +390,15 @@ class RecipePlan:
     task: dict[str, dict]
     compare_init: str | None = None  # [init_comparison]: each task's chosen lr, fine-tuned from this checkpoint too
     compare_learning_rates: dict[str, float] = field(default_factory=dict)
+    sparsify_targets: list[float] = field(default_factory=list)
+    sparsify_tasks: list[str] = field(default_factory=list)
+    glue: GluePlan | None = None
     kind: str = "recipes"
 
     @classmethod
     def load(cls, preset: str, config_dir: Path = CONFIGS) -> "RecipePlan":
         raw = _read("recipes", preset, config_dir)
-        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task", "init_comparison"},
+        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task", "init_comparison", "sparsify"},
                f"{preset}/recipes.toml")
         common = dict(raw.get("common", {}))
         if common.get("eval_split") != "train_holdout":
@@ -411,9 +418,27 @@ class RecipePlan:
                              f"{PHASE1!r} than the search's ({init!r}), got {compare_init!r}")
         compare_lrs = {t.lower(): float(lr) for t, lr in comparison.get("learning_rates", {}).items()}
         _check_tasks(compare_lrs, "[init_comparison] learning_rates")
-        return cls(preset=preset, tasks=_check_tasks(raw["tasks"], "recipes"), seeds=[int(s) for s in raw["seeds"]],
+        sparsify = dict(raw.get("sparsify", {}))
+        _known(sparsify, {"targets", "tasks"}, f"{preset}/recipes.toml [sparsify]")
+        tasks = _check_tasks(raw["tasks"], "recipes")
+        plan = cls(preset=preset, tasks=tasks, seeds=[int(s) for s in raw["seeds"]],
                    learning_rates=[float(x) for x in raw["learning_rates"]], init=init, common=common, task=task,
-                   compare_init=compare_init, compare_learning_rates=compare_lrs)
+                   compare_init=compare_init, compare_learning_rates=compare_lrs,
+                   sparsify_targets=[float(t) for t in sparsify.get("targets", [])],
+                   sparsify_tasks=_check_tasks(sparsify.get("tasks", tasks if sparsify else []), "[sparsify] tasks"))
+        if plan.sparsify_targets:
+            plan.glue = GluePlan.load(preset, config_dir)
+            for t in plan.sparsify_tasks:
+                plan._sparsify_lr(t)  # fails here when the GLUE plan's dense lr was not searched
+        return plan
+
+    def _sparsify_lr(self, task: str) -> float:
+        """The GLUE plan's dense learning rate for ``task`` — the recipe run that is sparsified."""
+        lr = float(self.glue.settings(task, "dense").get("learning_rate", 0.0))
+        if lr not in self.learning_rates:
+            raise ValueError(f"recipes.toml [sparsify] {task}: the GLUE plan's dense learning rate {lr:g} is not among "
+                             f"the searched {self.learning_rates}")
+        return lr
 
     def pretraining(self) -> dict[str, Pretrain]:
         return {PHASE1: Pretrain(PHASE1, 1)}
@@ -430,6 +455,23 @@ class RecipePlan:
         # The init comparison after the search: the same recipe (the task's chosen lr) from the other checkpoint.
         out += [run(task, self.compare_learning_rates[task], seed, self.compare_init)
                 for task in tasks if task in self.compare_learning_rates for seed in seeds]
+        # The target search: the GLUE plan's dense run of the task (kept), sparsified at each target.
+        for task in (t for t in tasks if t in self.sparsify_tasks):
+            lr = self._sparsify_lr(task)
+            for seed in seeds:
+                i, base = next((i, r) for i, r in enumerate(out) if r.task == task and r.name == f"dense-lr{lr:g}-seed{seed}")
+                out[i] = base = dataclasses.replace(base, keep_model=True)
+                settings = {**self.glue.settings(task, "dendritic"), **self.common}
+                for target in self.sparsify_targets:
+                    out.append(Run(task, f"dendritic-t{target:g}-seed{seed}", "dendritic", seed,
+                                   f"{RUN_PREFIX}recipes/{task}/{base.name}", {**settings, "target_sparsity": target},
+                                   group="recipes"))
+        if sel.names:  # --runs: only these (and, by the runner, what they start from)
+            unknown = set(sel.names) - {r.name for r in out}
+            if unknown:
+                raise ValueError(f"unknown recipe runs {sorted(unknown)}")
+            starts = {(r.task, r.init.rsplit("/", 1)[-1]) for r in out if r.name in sel.names}
+            out = [r for r in out if r.name in sel.names or (r.task, r.name) in starts]
         return out
 
 

@@ -98,10 +98,12 @@ def _check_same_settings(path: Path, resolved: dict, wanted: dict) -> None:
                            "folder or remove it to rerun")
 
 
-def run_one(run: Run, *, preset: str, run_dir: Path, results: Path, init_from: str, config_dir: Path) -> dict | None:
-    """One fine-tuning, or its existing result; None when the task has no data here."""
+def run_one(run: Run, *, preset: str, run_dir: Path, results: Path, init_from: str, config_dir: Path,
+            retrain: bool = False) -> dict | None:
+    """One fine-tuning, or its existing result (``retrain``: train again all the same, e.g. because a later run
+    starts from its model and the model is not in this run folder); None when the task has no data here."""
     out_file = results / run.task / f"{run.name}.json"
-    if out_file.exists():
+    if out_file.exists() and not retrain:
         existing = json.loads(out_file.read_text())
         _check_same_settings(out_file, existing.get("resolved_config", {}), run.wanted())
         return existing
@@ -184,6 +186,18 @@ def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: P
     check_results_folder(results)
     table = plan.pretraining()
     missing = [r for r in runs if not (results / r.task / f"{r.name}.json").exists()]
+    # A run whose result exists but whose kept model a run to be trained starts from, and which is not in this run
+    # folder (e.g. a committed result reused with --reuse), is trained again (deterministic: the same result).
+    retrain: list[Run] = []
+    while True:
+        wanted = {r.init[len(RUN_PREFIX):] for r in missing if r.init.startswith(RUN_PREFIX)}
+        more = [r for r in runs if r not in missing and f"{r.group}/{r.task}/{r.name}" in wanted
+                and not (run_dir / r.group / r.task / r.name / "model.safetensors").exists()]
+        if not more:
+            break
+        missing += more
+        retrain += more
+    missing.sort(key=runs.index)
     print(f"{plan.kind} plan ({preset}): {len(runs)} runs, {len(missing)} to train; results -> {results}", flush=True)
     ready: set[str] = set()
     counts = {"trained": 0, "reused": 0, "skipped": skipped}
@@ -197,7 +211,8 @@ def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: P
         init = _resolve_init(run, table, preset=preset, run_dir=run_dir, results_root=results_root,
                              config_dir=config_dir, ready=ready, needed=fresh)
         t0 = time.time()
-        record = run_one(run, preset=preset, run_dir=run_dir, results=results, init_from=init, config_dir=config_dir)
+        record = run_one(run, preset=preset, run_dir=run_dir, results=results, init_from=init, config_dir=config_dir,
+                         retrain=run in retrain)
         if record is None:
             counts["skipped"] += 1
         elif fresh:

@@ -225,7 +225,7 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
     out: dict = {}
     for task in tasks:
         by_recipe: dict[str, list[dict]] = {}
-        for f in sorted((results / task).glob("*-seed*.json")):
+        for f in sorted((results / task).glob("dense-*-seed*.json")):
             by_recipe.setdefault(f.stem.rsplit("-seed", 1)[0], []).append(json.loads(f.read_text()))
         if not by_recipe:
             continue
@@ -247,7 +247,30 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
             lr = next(r["learning_rate"] for r in rows if r["init_from"] != rows[0]["init_from"])
             out[task]["init_comparison"] = {"learning_rate": lr, **{Path(r["init_from"]).name: r["score"]
                                                                     for r in rows if r["learning_rate"] == lr}}
+        sparsified = _sparsify_rows(results / task)
+        if sparsified:
+            out[task]["sparsify"] = sparsified
     return out
+
+
+def _sparsify_rows(folder: Path) -> list[dict]:
+    """The target search ([sparsify]): per DendriticBERT run, its held-out score beside the dense run it started from
+    (same seed, same slice): retention, agreement of predictions, achieved block sparsity."""
+    rows = []
+    for f in sorted(folder.glob("dendritic-t*-seed*.json")):
+        r = json.loads(f.read_text())
+        base_file = folder / f"{Path(r['resolved_config']['init_from']).name}.json"
+        if not base_file.exists():
+            continue
+        base = json.loads(base_file.read_text())
+        agree = (float(np.mean(np.asarray(r["predictions"]) == np.asarray(base["predictions"])))
+                 if r["task"] != "stsb" else None)  # regression: no predicted class to agree on
+        rows.append({"run": f.stem, "target_sparsity": r["target_sparsity"], "seed": r["seed"], "metric": r["metric"],
+                     "score": r["score"], "dense_run": base_file.stem, "dense_score": base["score"],
+                     "retention": r["score"] / base["score"] if base["score"] else None, "agreement": agree,
+                     "sparsity_mean": r["sparsity_mean"], "block_size": r.get("block_size"),
+                     "wall_time_s": r.get("wall_time_s")})
+    return sorted(rows, key=lambda x: (x["seed"], x["target_sparsity"]))
 
 
 

@@ -288,3 +288,68 @@ def test_long_summary_lists_holdout_runs(tmp_path):
     assert out["rows"] == [] and out["holdout"] == [
         {"name": "all-2ep", "n": 1024, "seed": 0, "metric": "accuracy", "score": 0.61, "majority_score": 0.506,
          "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5}]
+
+
+def test_recipe_sparsify_runs_summary_and_retrain(tmp_path, monkeypatch):
+    """[sparsify]: the GLUE plan's dense recipe run is kept and sparsified at each target on the same held-out slice;
+    --runs selects runs plus what they start from; a reused dense result whose model is not in the run folder is
+    trained again (the runner); the summary sets each target's score beside its dense run."""
+    from reproduce import runner
+    from reproduce.plans import RecipePlan, Selection
+    from reproduce.summaries import summarise_recipes
+
+    cfg = tmp_path / "small"
+    cfg.mkdir()
+    for name in ("phase1", "phase2", "phase3", "glue"):
+        (cfg / f"{name}.toml").write_text((REPO / "reproduce/configs/small" / f"{name}.toml").read_text())
+    (cfg / "recipes.toml").write_text(
+        'tasks = ["cola", "rte"]\nseeds = [0]\nlearning_rates = [2e-5, 5e-5]\ninit = "minilm"\n'
+        '[common]\neval_split = "train_holdout"\n[sparsify]\ntargets = [0.5, 0.7]\ntasks = ["cola"]\n')
+    plan = RecipePlan.load("small", tmp_path)
+    runs = plan.runs(Selection(names=["dendritic-t0.7-seed0"]))
+    assert [(r.task, r.name, r.keep_model) for r in runs] == [("cola", "dense-lr5e-05-seed0", True),
+                                                              ("cola", "dendritic-t0.7-seed0", False)]
+    den = runs[1]
+    assert den.init == "run:recipes/cola/dense-lr5e-05-seed0" and den.settings["eval_split"] == "train_holdout"
+    assert den.settings["target_sparsity"] == 0.7 and den.settings["model_overrides"] == {"block_size": 1}
+    with pytest.raises(ValueError, match="unknown recipe runs"):
+        plan.runs(Selection(names=["dendritic-t0.9-seed0"]))
+
+    # The runner: the dense result exists (reused) but its model does not -> trained again, then the sparsified run.
+    results, run_dir = tmp_path / "results", tmp_path / "runs"
+    calls = []
+
+    def fake_run_one(run, *, preset, run_dir, results, init_from, config_dir, retrain=False):
+        calls.append((run.name, retrain))
+        folder = run_dir / run.group / run.task / run.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_text("w")
+        score = 0.30 if run.variant == "dense" else 0.27
+        rec = {"provenance": {"schema_version": 1}, "seed": 0, "task": run.task, "score": score, "metric": "matthews_correlation", "metrics": {},
+               "dev_examples": 10, "train_examples": 90, "predictions": [1, 0, 1, 1], "sparsity_mean": 0.68,
+               "target_sparsity": run.settings.get("target_sparsity"), "block_size": 1,
+               "resolved_config": {"learning_rate": run.settings["learning_rate"], "epochs": 3.0, "batch_size": 32,
+                                   "init_from": init_from}}
+        if run.variant == "dendritic":
+            rec["predictions"] = [1, 0, 0, 1]
+        (results / run.task).mkdir(parents=True, exist_ok=True)
+        (results / run.task / f"{run.name}.json").write_text(json.dumps(rec))
+        return rec
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    monkeypatch.setattr(runner, "write_summaries", lambda *a, **k: {})
+    (results / "recipes" / "cola").mkdir(parents=True)
+    (results / "recipes" / "cola" / "dense-lr5e-05-seed0.json").write_text(  # a reused result, no model
+        json.dumps({"provenance": {"schema_version": 1}}))
+    runner.execute(plan, Selection(names=["dendritic-t0.7-seed0"]), preset="small", run_dir=run_dir,
+                   results_root=results, config_dir=tmp_path)
+    assert calls == [("dense-lr5e-05-seed0", True), ("dendritic-t0.7-seed0", False)]
+    calls.clear()  # now the model is there: nothing is retrained for the other target
+    runner.execute(plan, Selection(names=["dendritic-t0.5-seed0"]), preset="small", run_dir=run_dir,
+                   results_root=results, config_dir=tmp_path)
+    assert calls == [("dense-lr5e-05-seed0", False), ("dendritic-t0.5-seed0", False)]
+
+    rows = summarise_recipes(results / "recipes", ["cola"])["cola"]["sparsify"]
+    assert [(r["target_sparsity"], r["dense_run"]) for r in rows] == [(0.5, "dense-lr5e-05-seed0"),
+                                                                     (0.7, "dense-lr5e-05-seed0")]
+    assert rows[1]["retention"] == pytest.approx(0.9) and rows[1]["agreement"] == 0.75
