@@ -210,9 +210,9 @@ def table_glue_recipes(out: Output) -> None:
          "fine-tuned dense model (distillation, scorer from its query/key projections, target 0.6).  Write-up (v1): "
          "dense from the phase-1 MLM checkpoint, DendriticBERT from phase 2, one learning rate, subsampled training "
          "sets, target 0.5 (reproduce/results/archive/v1-writeup-recipe/)."),
-        ("Scores × 100, mean ± sample std over seeds; retention = DendriticBERT / dense; † = dense not clearly above "
-         "the trivial predictor (not informative, kept out of the headline); a headline covers that recipe's "
-         "informative tasks with results."),
+        ("Scores × 100, mean ± sample std over seeds; retention = DendriticBERT / dense; † = not informative, kept "
+         "out of the headline (dense not clearly above the trivial predictor, fewer than 3 seeds, or WNLI; the "
+         "reason per task is in Table 1 and the summaries); a headline covers that recipe's informative tasks."),
     ]
     out.table("table_glue_recipes", header, rows, caption, list(paths.values()),
               "GLUE: the main (v2) recipe vs the write-up's (v1), dense and DendriticBERT per task")
