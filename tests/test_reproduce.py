@@ -150,7 +150,7 @@ def test_comparison_fails_outside_tolerance(tmp_path):
     (["glue", "--quick", "--tasks", "squad"], "unknown GLUE task 'squad'"),
     (["ablations", "--quick", "--variants", "nope"], "unknown variants ['nope']"),
     (["diagnostics", "--quick", "--runs", "nope"], "unknown diagnostic runs ['nope']"),
-    (["glue", "--quick", "--runs", "x"], "--runs applies to the diagnostics plan only"),
+    (["glue", "--quick", "--runs", "x"], "--runs applies to the diagnostics and recipes plans only"),
 ])
 def test_bad_selection_fails_before_any_work(tmp_path, args, message):
     proc = _run(*args, "--run-dir", str(tmp_path))
