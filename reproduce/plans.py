@@ -446,9 +446,12 @@ class RecipePlan:
     def runs(self, sel: Selection) -> list[Run]:
         tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
         seeds = sel.seeds if sel.seeds is not None else self.seeds
-        def run(task: str, lr: float, seed: int, init: str) -> Run:
+        def name(lr: float, seed: int, init: str) -> str:
             tag = "" if init == self.init else f"{init}-"  # the comparison's runs carry their checkpoint's name
-            return Run(task, f"dense-{tag}lr{lr:g}-seed{seed}", "dense", seed, init,
+            return f"dense-{tag}lr{lr:g}-seed{seed}"
+
+        def run(task: str, lr: float, seed: int, init: str) -> Run:
+            return Run(task, name(lr, seed, init), "dense", seed, init,
                        {**self.common, **self.task.get(task, {}), "learning_rate": lr}, group="recipes")
 
         out = [run(task, lr, seed, self.init) for task in tasks for lr in self.learning_rates for seed in seeds]
@@ -459,7 +462,7 @@ class RecipePlan:
         for task in (t for t in tasks if t in self.sparsify_tasks):
             lr = self._sparsify_lr(task)
             for seed in seeds:
-                i, base = next((i, r) for i, r in enumerate(out) if r.task == task and r.name == f"dense-lr{lr:g}-seed{seed}")
+                i, base = next((i, r) for i, r in enumerate(out) if r.task == task and r.name == name(lr, seed, self.init))
                 out[i] = base = dataclasses.replace(base, keep_model=True)
                 settings = {**self.glue.settings(task, "dendritic"), **self.common}
                 for target in self.sparsify_targets:

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dendritic.training.data import get_task
 from dendritic.training.metrics import primary_metric
 
 __all__ = ["summarise_ablations", "summarise_diagnostics", "summarise_glue", "summarise_recipes", "summarise_tradeoff"]
+
+
+def _is_regression(task: str) -> bool:
+    """A task scored on a real-valued output (STS-B): its predictions have no class to agree on."""
+    return get_task(task).num_labels == 1
 
 
 # -- glue ------------------------------------------------------------------------------------------------------------
@@ -53,7 +59,7 @@ def summarise_glue(results: Path, tasks: list[str]) -> dict:
         pair = [r["pair_sparsity_mean"] for r in by["dendritic"].values()]
         agreement = [
             float(np.mean(np.asarray(r["predictions"]) == np.asarray(by["dense"][s]["predictions"])))
-            for s, r in by["dendritic"].items() if s in by["dense"] and task != "stsb"
+            for s, r in by["dendritic"].items() if s in by["dense"] and not _is_regression(task)
         ]
         summary[task] = {
             "metric": primary_metric(task),
@@ -264,7 +270,7 @@ def _sparsify_rows(folder: Path) -> list[dict]:
             continue
         base = json.loads(base_file.read_text())
         agree = (float(np.mean(np.asarray(r["predictions"]) == np.asarray(base["predictions"])))
-                 if r["task"] != "stsb" else None)  # regression: no predicted class to agree on
+                 if not _is_regression(r["task"]) else None)  # regression: no predicted class to agree on
         rows.append({"run": f.stem, "target_sparsity": r["target_sparsity"], "seed": r["seed"], "metric": r["metric"],
                      "score": r["score"], "dense_run": base_file.stem, "dense_score": base["score"],
                      "retention": r["score"] / base["score"] if base["score"] else None, "agreement": agree,
