@@ -1,10 +1,10 @@
 """Run the unmodified CUDA kernels of ``dendritic/kernels/cuda/`` on the CPU through ``tests/cuda_shim`` and compare
-them with the reference — indexing, masking, online softmax, barriers and (for the tensor-core kernel) the WMMA
-fragment traffic, checked without a GPU.
+them with the reference — indexing, masking, online softmax, barriers and (for the tensor-core kernels) the WMMA
+fragment traffic and the mma.m16n8k16 register layout and cp.async pipeline, checked without a GPU.
 
-Each CUDA thread is a ``std::thread`` (see ``cuda_shim/cuda_shim.h``; WMMA is ``cuda_shim/wmma/mma.h``), so shapes
-stay tiny.  Builds whose ``__syncthreads()`` is a no-op, or whose tensor core drops the accumulator input, must fail
-the same comparisons: the tests of the tests.
+Each CUDA thread is a ``std::thread`` (see ``cuda_shim/cuda_shim.h``; WMMA is ``cuda_shim/wmma/mma.h``, the PTX
+wrappers ``cuda_shim/ptx_host.h``), so shapes stay tiny.  Builds whose ``__syncthreads()`` is a no-op, or whose
+tensor core drops the accumulator input, must fail the same comparisons: the tests of the tests.
 """
 
 from __future__ import annotations
@@ -71,20 +71,22 @@ def shim_libs(tmp_path_factory) -> dict[str, ctypes.CDLL]:
         log, _ = proc.communicate()
         assert proc.returncode == 0, f"shim build failed: {' '.join(cmd)}\n{log}"
         lib = ctypes.CDLL(str(out / f"{name}.so"))
-        for fn in (lib.dbsa_shim_fwd, lib.dbsa_shim_fwd_tc):
+        for fn in (lib.dbsa_shim_fwd, lib.dbsa_shim_fwd_tc, lib.dbsa_shim_fwd_mma):
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3 + [ctypes.c_float]
         libs[name] = lib
     return libs
 
 
-def _shim_attention(lib, q, k, v, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale, tc=False):
-    """The kernel's (out, lse) for CPU tensors, through the shim (``tc``: the tensor-core kernel)."""
+def _shim_attention(lib, q, k, v, kv_num_blocks, kv_indices, *, block_size, key_padding_mask, scale, kernel="simt"):
+    """The kernel's (out, lse) for CPU tensors, through the shim (``kernel``: "simt", or the tensor-core kernels
+    "tc" (WMMA) and "mma" (register tiles), as in ``cupy_backend.KERNELS``)."""
     B, H, n, d = q.shape
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
     lse = torch.full((B, H, n), float("nan"), dtype=torch.float32)
     pad = key_padding_mask.to(torch.uint8).contiguous() if key_padding_mask is not None else None
-    rc = (lib.dbsa_shim_fwd_tc if tc else lib.dbsa_shim_fwd)(
+    fn = {"simt": lib.dbsa_shim_fwd, "tc": lib.dbsa_shim_fwd_tc, "mma": lib.dbsa_shim_fwd_mma}[kernel]
+    rc = fn(
         DTYPE_CODE[q.dtype], d, block_size, q.data_ptr(), k.data_ptr(), v.data_ptr(), kv_num_blocks.data_ptr(),
         kv_indices.data_ptr(), pad.data_ptr() if pad is not None else None, out.data_ptr(), lse.data_ptr(),
         B, H, n, scale * math.log2(math.e),
@@ -167,7 +169,7 @@ def test_shim_without_barrier_fails(shim_libs):
     assert failures > 0, "a kernel without barriers passed the shim comparison: the shim test cannot fail"
 
 
-# -- the tensor-core kernel (fp16 / bf16, WMMA) ------------------------------------------------------------------
+# -- the tensor-core kernels (fp16 / bf16): WMMA ("tc") and register tiles with mma.m16n8k16 ("mma") --------------
 TC_CASES = {
     # name: (B, H, n, d, block, keep_fraction, floor, pad_tail, dtype)
     "tc_partial_last_block_padding_f16": (1, 2, 77, 32, 16, 0.4, True, 9, torch.float16),
@@ -180,12 +182,12 @@ TC_CASES = {
 }
 
 
-def _tc_errors(lib, name):
-    """The tensor-core kernel against fp64, by flash-attention's rule (error <= 2 x torch's own error in the dtype
+def _tc_errors(lib, name, kernel="tc"):
+    """A tensor-core kernel against fp64, by flash-attention's rule (error <= 2 x torch's own error in the dtype
     + a small floor), and its log-sum-exp."""
     B, H, n, d, bs, kf, floor, pad_tail, dtype = TC_CASES[name]
     q, k, v, nkb, idx, kw = _case(B, H, n, d, bs, kf, floor=floor, pad_tail=pad_tail, dtype=dtype, seed=n + d)
-    out, lse = _shim_attention(lib, q, k, v, nkb, idx, **kw, tc=True)
+    out, lse = _shim_attention(lib, q, k, v, nkb, idx, **kw, kernel=kernel)
     tok = token_mask(nkb, idx, bs, n, kw["key_padding_mask"])
     ref, ref_lse = dense_attention(q, k, v, tok, kw["scale"], torch.float64)
     own, _ = dense_attention(q, k, v, tok, kw["scale"], dtype)
@@ -193,9 +195,10 @@ def _tc_errors(lib, name):
     return out, lse, ref_lse, nkb, err, allowed
 
 
+@pytest.mark.parametrize("kernel", ["tc", "mma"])
 @pytest.mark.parametrize("name", list(TC_CASES))
-def test_tensor_core_kernel_matches_fp64(shim_libs, name):
-    out, lse, ref_lse, nkb, err, allowed = _tc_errors(shim_libs["ok"], name)
+def test_tensor_core_kernel_matches_fp64(shim_libs, name, kernel):
+    out, lse, ref_lse, nkb, err, allowed = _tc_errors(shim_libs["ok"], name, kernel)
     assert not out.isnan().any(), "an output element was never written (or is NaN)"
     assert err <= allowed, f"error {err:.3g} > allowed {allowed:.3g}"
     live = ref_lse.isfinite()
@@ -205,14 +208,15 @@ def test_tensor_core_kernel_matches_fp64(shim_libs, name):
         assert (nkb == 0).any()
 
 
+@pytest.mark.parametrize("kernel", ["tc", "mma"])
 @pytest.mark.parametrize("build", ["no_syncthreads", "wmma_drop_c"])
-def test_broken_tensor_core_builds_fail(shim_libs, build):
+def test_broken_tensor_core_builds_fail(shim_libs, build, kernel):
     """A kernel without barriers, or a tensor core that drops its accumulator input, must fail the comparison."""
     failures = 0
     for name in ("tc_partial_last_block_padding_f16", "tc_d128_block64_two_tiles_f16"):
-        out, lse, ref_lse, nkb, err, allowed = _tc_errors(shim_libs[build], name)
+        out, lse, ref_lse, nkb, err, allowed = _tc_errors(shim_libs[build], name, kernel)
         failures += bool(out.isnan().any() or not err <= allowed)
-    assert failures > 0, f"the {build} build passed: the tensor-core shim test cannot fail"
+    assert failures > 0, f"the {build} build of {kernel} passed: the tensor-core shim test cannot fail"
 
 
 # -- the backward kernel (dQ, dK, dV) -------------------------------------------------------------------------------
@@ -303,3 +307,17 @@ def test_loader_shared_memory_formula_matches_the_kernel(shim_libs):
             for bs in (16, 32, 64):
                 assert lib.dbsa_shim_tc_smem(DTYPE_CODE[dtype], d, bs) == cupy_backend.tc_shared_bytes(dtype, d, bs)
     assert max(cupy_backend.tc_shared_bytes(torch.float16, d, 64) for d in (32, 64, 128)) <= 160 * 1024  # sm_80
+
+
+def test_loader_shared_memory_formula_matches_the_mma_kernel(shim_libs):
+    """cupy_backend.mma_shared_bytes equals the register-tile kernel's own MmaSmem<...>::total; every variant fits
+    the default 48 KiB (two pipeline stages of K, V and the key bias)."""
+    cupy_backend = pytest.importorskip("dendritic.kernels.cupy_backend")
+    lib = shim_libs["ok"]
+    lib.dbsa_shim_mma_smem.restype = ctypes.c_int
+    for dtype in (torch.float16, torch.bfloat16):
+        for d in (32, 64, 128):
+            for bs in (16, 32, 64):
+                got = cupy_backend.mma_shared_bytes(dtype, d, bs)
+                assert lib.dbsa_shim_mma_smem(DTYPE_CODE[dtype], d, bs) == got
+                assert got <= 48 * 1024

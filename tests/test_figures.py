@@ -160,8 +160,9 @@ def build_fixtures(root: Path) -> None:
                                                "rows": kern, "skipped_for_time_budget": []})
 
     gpu = [{"B": 8, "H": 12, "d": 64, "block": 64, "dtype": dt, "n": n, "target_sparsity": s, "achieved_sparsity": s,
-            "ms": {"cupy": n / 100 * (1 - s), "cupy_simt_fp32": n / 60 * (1 - s), "flex": n / 400 * (1 - s) + 0.5,
-                   "sdpa": n / 1000}, "efficiency_cupy": 0.1, "efficiency_flex": 0.4, "notes": {}}
+            "ms": {"cupy": n / 100 * (1 - s), "cupy_mma": n / 300 * (1 - s), "cupy_simt_fp32": n / 60 * (1 - s),
+                   "flex": n / 400 * (1 - s) + 0.5, "sdpa": n / 1000},
+            "efficiency_cupy": 0.1, "efficiency_cupy_mma": 0.3, "efficiency_flex": 0.4, "notes": {}}
            for dt in ("fp16", "bf16") for n in (1024, 4096) for s in (0.0, 0.5)]
     _write(root / "gpu" / "summary.json", {"provenance": {"gpu": "synthetic", "sm": "9.0", "torch": "x",
                                                           "kernel_sha256": {"tc.cu": "0" * 64}},
@@ -311,6 +312,17 @@ def test_glue_recipes_table(two_runs):
     assert f"| {100 * d['dense_mean']:.1f} ± {100 * d['dense_std']:.1f} |" in rte[0]
     assert f"| {100 * (d['dense_mean'] - 0.1):.1f} ± {100 * d['dense_std']:.1f} |" in rte[1]
     assert "| WNLI † |" in md and sum(line.startswith("| Headline") for line in md.splitlines()) == 2
+
+
+def test_gpu_table_shows_the_mma_kernel_when_timed(two_runs):
+    root, _ = two_runs
+    lines = (root / "a" / "table_gpu.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| dtype"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert "mma ms" in cells and "eff mma" in cells
+    row = next(line for line in lines if line.startswith("| fp16") and "| 4096 | 0.500 |" in line)
+    values = [c.strip() for c in row.strip("|").split("|")]
+    assert float(values[cells.index("mma ms")]) == pytest.approx(4096 / 300 * 0.5, rel=1e-3)
 
 
 def test_ablation_table_content(two_runs):

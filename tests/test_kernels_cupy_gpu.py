@@ -23,27 +23,30 @@ def _assert_ok(errs):
     assert errs["lse_err"] <= 1e-3 and errs["lse_empty_ok"], errs
 
 
-VARIANTS = [(dt, d, bs) for dt in cupy_backend.SUPPORTED_DTYPES for d in (32, 64, 128) for bs in (16, 32, 64)]
+# (dtype, head dim, block, forward kernel): fp32 runs the SIMT kernel, fp16/bf16 each tensor-core kernel.
+VARIANTS = [(dt, d, bs, kernel) for dt in cupy_backend.SUPPORTED_DTYPES for d in (32, 64, 128) for bs in (16, 32, 64)
+            for kernel in (cupy_backend.TC_KERNELS if dt in cupy_backend.KERNELS["tc"]["dtypes"] else (None,))]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,d,block_size", VARIANTS, ids=lambda x: str(x).replace("torch.", ""))
-def test_matches_fp64_every_variant(cuda_device, dtype, d, block_size):
+@pytest.mark.parametrize("dtype,d,block_size,kernel", VARIANTS, ids=lambda x: str(x).replace("torch.", ""))
+def test_matches_fp64_every_variant(cuda_device, dtype, d, block_size, kernel):
     rng = random.Random(f"{dtype}{d}{block_size}")
     for n in (1, 97, rng.randint(2, 700)):
         kf = rng.choice([0.0, 0.3, 0.7, 1.0])
         case = make_case(
             2, 3, n, d, block_size, kf, dtype=dtype, pad_frac=rng.choice([0.0, 0.4]), seed=rng.randrange(2**31)
         )
-        _assert_ok(check_against_fp64(*case, block_size))
+        _assert_ok(check_against_fp64(*case, block_size, kernel))
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kernel", cupy_backend.TC_KERNELS)
 @pytest.mark.parametrize("dtype", list(cupy_backend.SUPPORTED_DTYPES), ids=str)
 @pytest.mark.parametrize("n", [1025, 2048])
-def test_long_sequences(cuda_device, dtype, n):
+def test_long_sequences(cuda_device, dtype, n, kernel):
     case = make_case(1, 4, n, 64, 64, 0.5, dtype=dtype, pad_frac=0.2)
-    _assert_ok(check_against_fp64(*case, 64))
+    _assert_ok(check_against_fp64(*case, 64, kernel))
 
 
 @pytest.mark.gpu

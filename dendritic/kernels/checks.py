@@ -44,14 +44,15 @@ def make_case(B, H, n, d, block_size, keep_fraction, *, dtype, pad_frac=0.0, flo
     return q, k, v, kv_num_blocks, kv_indices, pad
 
 
-def check_against_fp64(q, k, v, kv_num_blocks, kv_indices, pad, block_size) -> dict:
-    """Run the cupy backend and measure it against fp64; returns the errors (raises nothing)."""
+def check_against_fp64(q, k, v, kv_num_blocks, kv_indices, pad, block_size, kernel: str | None = None) -> dict:
+    """Run the cupy backend (``kernel``: its tensor-core forward for fp16/bf16, "tc" or "mma"; default the
+    backend's) and measure it against fp64; returns the errors (raises nothing)."""
     from .cupy_backend import cupy_attention_forward
 
     n, d = q.shape[-2:]
     scale = d**-0.5
     out, lse = cupy_attention_forward(
-        q, k, v, kv_num_blocks, kv_indices, block_size=block_size, key_padding_mask=pad, scale=scale
+        q, k, v, kv_num_blocks, kv_indices, block_size=block_size, key_padding_mask=pad, scale=scale, kernel=kernel
     )
     torch.cuda.synchronize()
     tok = token_mask(kv_num_blocks, kv_indices, block_size, n, pad)

@@ -4,7 +4,12 @@ through CuPy and launched on PyTorch's current CUDA stream, zero-copy on torch t
 Kernels (``KERNELS``; one template instantiation per dtype, head dim and block size):
 
 * ``"tc"``   — ``block_sparse_attention_tc.cu``: the forward on tensor cores (WMMA m16n16k16, fp32 accumulation,
-  online softmax in fp32), for fp16 and bf16;
+  online softmax in fp32), for fp16 and bf16; S, P and the output go through shared memory on every key tile;
+* ``"mma"``  — ``block_sparse_attention_mma.cu``: the same forward with register-resident tiles (PTX
+  ``mma.sync.m16n8k16``, FlashAttention-2 style) and cp.async double-buffered K/V tiles, for fp16 and bf16.
+  Verified on the CPU through the host shim (tests/test_cuda_shim.py) and compiled by NVRTC/ptxas for sm_80/sm_90,
+  but **not yet run on a GPU**: it is opt-in (``DENDRITIC_CUPY_TC_KERNEL=mma`` or ``kernel="mma"``) until
+  ``gpu_check`` has measured it; "tc" stays the default for fp16/bf16;
 * ``"simt"`` — ``block_sparse_attention.cu``: the forward in fp32 SIMT arithmetic, for fp32 inputs (no TF32: the
   fp32 path keeps fp32 products);
 * ``"bwd"``  — ``block_sparse_attention_bwd.cu``: dQ, dK, dV from O and the log-sum-exp, walking only kept block
@@ -42,12 +47,15 @@ __all__ = [
     "SUPPORTED_BLOCK_SIZES",
     "SUPPORTED_DTYPES",
     "SUPPORTED_HEAD_DIMS",
+    "TC_KERNEL",
+    "TC_KERNELS",
     "cuda_include_dirs",
     "cupy_attention",
     "cupy_attention_forward",
     "forward_variant",
     "kernel_name",
     "kernel_names",
+    "mma_shared_bytes",
     "nvrtc_options",
     "tc_shared_bytes",
 ]
@@ -67,12 +75,24 @@ KERNELS = {
            "dtypes": (torch.float16, torch.bfloat16), "threads": lambda d, bs: 32 * (bs // 16)},
     "bwd": {"source": "block_sparse_attention_bwd.cu", "kernel": "block_sparse_attention_bwd",
             "dtypes": (torch.float32, torch.float16, torch.bfloat16), "threads": lambda d, bs: bs * (d // 8)},
+    "mma": {"source": "block_sparse_attention_mma.cu", "kernel": "block_sparse_attention_fwd_mma",
+            "dtypes": (torch.float16, torch.bfloat16), "threads": lambda d, bs: 32 * (bs // 16)},
 }
+TC_KERNELS = ("tc", "mma")  # the tensor-core forwards, interchangeable (same arguments, same outputs)
+# The tensor-core forward fp16/bf16 inputs run by default; "mma" is opt-in until a GPU has measured it.
+TC_KERNEL = os.environ.get("DENDRITIC_CUPY_TC_KERNEL", "tc")
+if TC_KERNEL not in TC_KERNELS:
+    raise ValueError(f"DENDRITIC_CUPY_TC_KERNEL must be one of {TC_KERNELS}, got {TC_KERNEL!r}")
 
 
-def forward_variant(dtype: torch.dtype) -> str:
-    """The forward kernel a dtype runs: "tc" (tensor cores) for fp16/bf16, "simt" for fp32."""
-    return "tc" if dtype in KERNELS["tc"]["dtypes"] else "simt"
+def forward_variant(dtype: torch.dtype, kernel: str | None = None) -> str:
+    """The forward kernel a dtype runs: fp32 "simt"; fp16/bf16 ``kernel`` if given, else :data:`TC_KERNEL`."""
+    if dtype not in KERNELS["tc"]["dtypes"]:
+        return "simt"
+    kernel = TC_KERNEL if kernel is None else kernel
+    if kernel not in TC_KERNELS:
+        raise ValueError(f"kernel must be one of {TC_KERNELS} for {dtype}, got {kernel!r}")
+    return kernel
 
 
 def kernel_name(kind: str, dtype: torch.dtype, head_dim: int, block_size: int) -> str:
@@ -97,6 +117,20 @@ def tc_shared_bytes(dtype: torch.dtype, head_dim: int, block_size: int) -> int:
     head = r32(BS * D * t) + 2 * r32(KT * D * t) + r32(KT * 4)
     per_warp = r32(16 * KT * 4) + r32(16 * D * 4) + r32(16 * KT * t) + 2 * r32(16 * 4)
     return head + (BS // 16) * per_warp
+
+
+def mma_shared_bytes(dtype: torch.dtype, head_dim: int, block_size: int) -> int:
+    """Dynamic shared memory of a register-tile variant: two pipeline stages of a K and a V tile (rows padded by
+    16 bytes) and the tile's key bias — ``dbsa_mma::MmaSmem<T, D, BS>::total`` in the .cu (checked by the shim
+    test)."""
+    t, D, BS = 2, head_dim, block_size
+    KT = 32 if (D == 128 and BS == 64) else BS
+    return 2 * (2 * KT * (D + 8) * t + KT * 4)
+
+
+def _shared_bytes(kind: str, dtype: torch.dtype, head_dim: int, block_size: int) -> int:
+    """The dynamic shared memory one launch of ``kind`` needs (the SIMT kernels use static shared memory)."""
+    return {"tc": tc_shared_bytes, "mma": mma_shared_bytes}.get(kind, lambda *a: 0)(dtype, head_dim, block_size)
 
 
 def cuda_include_dirs() -> list[Path]:
@@ -154,8 +188,9 @@ def _kernel(device_index: int, kind: str, dtype: torch.dtype, head_dim: int, blo
         with cupy.cuda.Device(device_index):
             module = cupy.RawModule(code=kernel_source(kind), options=nvrtc_options(), name_expressions=[name])
             fn = module.get_function(name)
-            if kind == "tc":  # dynamic shared memory past the default 48 KiB needs the per-kernel opt-in
-                fn.max_dynamic_shared_size_bytes = tc_shared_bytes(dtype, head_dim, block_size)
+            smem = _shared_bytes(kind, dtype, head_dim, block_size)
+            if smem > 48 * 1024:  # dynamic shared memory past the default 48 KiB needs the per-kernel opt-in
+                fn.max_dynamic_shared_size_bytes = smem
             _kernels[key] = fn
     return _kernels[key]
 
@@ -174,16 +209,17 @@ def _run(kind: str, q: torch.Tensor, grid: int, args: tuple, *, block_size: int)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(q.device).cuda_stream, device)
     with cupy.cuda.Device(device), stream:
         kernel(grid=(grid,), block=(KERNELS[kind]["threads"](d, block_size),), args=args,
-               shared_mem=tc_shared_bytes(q.dtype, d, block_size) if kind == "tc" else 0)
+               shared_mem=_shared_bytes(kind, q.dtype, d, block_size))
 
 
-def _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, *, block_size: int, scale: float) -> None:
+def _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, *, block_size: int, scale: float,
+            kernel: str | None = None) -> None:
     """The forward: one thread block per (batch, head, query block)."""
     B, H, n, _ = q.shape
     nb = -(-n // block_size)
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(kv_num_blocks), _ptr(kv_indices), _ptr(key_padding_mask), _ptr(out),
             _ptr(lse), numpy.int32(n), numpy.int32(H), numpy.float32(scale * LOG2E))
-    _run(forward_variant(q.dtype), q, B * H * nb, args, block_size=block_size)
+    _run(forward_variant(q.dtype, kernel), q, B * H * nb, args, block_size=block_size)
 
 
 def _launch_backward(q, k, v, dout, lse, delta, q_num_blocks, q_indices, key_padding_mask, dq, dk, dv, *,
@@ -243,6 +279,7 @@ def cupy_attention_forward(
     block_size: int,
     key_padding_mask: torch.Tensor | None,
     scale: float,
+    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward on the GPU, plus the softmax statistics a backward pass needs.
 
@@ -253,16 +290,19 @@ def cupy_attention_forward(
         block_size: 16, 32 or 64 (the last block may be partial).
         key_padding_mask: bool (B, n), True = real token; or None.
         scale: softmax scale.
+        kernel: the tensor-core forward for fp16/bf16, "tc" or "mma" (default :data:`TC_KERNEL`); fp32 runs "simt".
 
     Returns:
         out (B, H, n, d) in q's dtype (zeros for a row with no real kept key) and lse (B, H, n) float32, the
         natural-log log-sum-exp of each row's kept scaled logits (-inf for such a row).
     """
     _check_cuda_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_padding_mask)
+    forward_variant(q.dtype, kernel)  # an unknown kernel name fails before any allocation
     B, H, n, _ = q.shape
     out = torch.empty_like(q)  # (B, H, n, d)
     lse = torch.empty(B, H, n, dtype=torch.float32, device=q.device)  # (B, H, n)
-    _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, block_size=block_size, scale=float(scale))
+    _launch(q, k, v, kv_num_blocks, kv_indices, key_padding_mask, out, lse, block_size=block_size, scale=float(scale),
+            kernel=kernel)
     return out, lse
 
 

@@ -65,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-call-s", type=float, default=0.5, help="skip a backend whose single call exceeds this")
     p.add_argument("--eager-max-gb", type=float, default=24.0, help="skip eager when its n x n tensors exceed this")
-    p.add_argument("--backends", nargs="+", default=["cupy", "cupy_simt_fp32", "flex", "sdpa", "eager"])
+    p.add_argument("--backends", nargs="+", default=["cupy", "cupy_mma", "cupy_simt_fp32", "flex", "sdpa", "eager"])
     p.add_argument("--steps", nargs="+", default=None, choices=STEPS,
                    help="run only these steps (default: all); with --update the others are kept from --out")
     p.add_argument("--update", action="store_true",
@@ -152,20 +152,25 @@ def run_gpu_tests(timeout_s: float) -> dict:
 
 
 def correctness_grid() -> list[dict]:
+    """Every forward variant against fp64: fp32 on the SIMT kernel, fp16/bf16 on each tensor-core kernel
+    ("tc" WMMA, "mma" register tiles); the row's ``kernel`` names the one that ran."""
     from dendritic.kernels.checks import check_against_fp64, make_case
+    from dendritic.kernels.cupy_backend import TC_KERNELS, forward_variant
 
     rows = []
     for dtype_name in ("fp32", "fp16", "bf16"):
-        for d in (32, 64, 128):
-            for bs in (16, 32, 64):
-                for n, kf, pad in ((97, 0.3, 0.3), (1025, 0.6, 0.0), (2000, 1.0, 0.2)):
-                    case = make_case(2, 4, n, d, bs, kf, dtype=DTYPES[dtype_name], pad_frac=pad, seed=n + d + bs)
-                    e = check_against_fp64(*case, bs)
-                    ok = e["all_finite"] and e["err"] <= e["allowed"] and e["lse_err"] <= 1e-3 and e["lse_empty_ok"]
-                    errs = {k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in e.items()}
-                    rows.append(
-                        {"dtype": dtype_name, "d": d, "block": bs, "n": n, "keep": kf, "pad": pad, "ok": ok, **errs}
-                    )
+        kernels = TC_KERNELS if forward_variant(DTYPES[dtype_name]) != "simt" else ("simt",)
+        for kernel in kernels:
+            for d in (32, 64, 128):
+                for bs in (16, 32, 64):
+                    for n, kf, pad in ((97, 0.3, 0.3), (1025, 0.6, 0.0), (2000, 1.0, 0.2)):
+                        case = make_case(2, 4, n, d, bs, kf, dtype=DTYPES[dtype_name], pad_frac=pad, seed=n + d + bs)
+                        e = check_against_fp64(*case, bs, None if kernel == "simt" else kernel)
+                        ok = (e["all_finite"] and e["err"] <= e["allowed"] and e["lse_err"] <= 1e-3
+                              and e["lse_empty_ok"])
+                        errs = {k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in e.items()}
+                        rows.append({"dtype": dtype_name, "kernel": kernel, "d": d, "block": bs, "n": n, "keep": kf,
+                                     "pad": pad, "ok": ok, **errs})
     return rows
 
 
@@ -312,6 +317,7 @@ def timing_table(args, deadline: float) -> list[dict]:
     import torch.nn.functional as F
 
     from dendritic.kernels import block_sparse_attention, validate_inputs
+    from dendritic.kernels.cupy_backend import cupy_attention_forward
     from dendritic.kernels.layout import dense_to_block_mask, random_block_mask
 
     H, d, bs = args.heads, args.head_dim, args.block_size
@@ -342,6 +348,9 @@ def timing_table(args, deadline: float) -> list[dict]:
             q32, k32, v32 = (t.float() for t in (q, k, v))
             fns = {
                 "cupy": partial(backend, backend="cupy"),  # the package's backends, as the model calls them
+                # the register-tile tensor-core forward (opt-in until measured here), same inputs and outputs
+                "cupy_mma": lambda: cupy_attention_forward(q, k, v, kv_num_blocks, kv_indices, block_size=bs,
+                                                           key_padding_mask=None, scale=scale, kernel="mma")[0],
                 # the SIMT kernel (fp32 inputs): what the tensor-core kernel replaces for fp16/bf16
                 "cupy_simt_fp32": partial(block_sparse_attention, q32, k32, v32, kv_num_blocks, kv_indices,
                                           block_size=bs, key_padding_mask=None, scale=scale, backend="cupy",
@@ -356,15 +365,17 @@ def timing_table(args, deadline: float) -> list[dict]:
                 except Exception as e:  # noqa: BLE001 — recorded, never replaced by another backend
                     row["notes"]["flex"] = f"error: {type(e).__name__}: {str(e)[:300]}"
                     fns.pop("flex", None)
-            # Correctness before timing: cupy against flex (same BlockMask) and, when dense, against SDPA.
-            checks = [("flex", "flex")] if "flex" in fns else []
-            checks += [("sdpa", "sdpa")] if keep.all() else []
-            for label, other in checks:
+            # Correctness before timing: cupy against flex (same BlockMask) and, when dense, against SDPA; the
+            # register-tile kernel against the default one.
+            checks = [("cupy", "flex", "flex")] if "flex" in fns else []
+            checks += [("cupy", "sdpa", "sdpa")] if keep.all() else []
+            checks += [("cupy_mma", "cupy", "cupy")] if "cupy_mma" in args.backends else []
+            for mine, label, other in checks:
                 try:
-                    diff = (fns["cupy"]().float() - fns[other]().float()).abs().max().item()
-                    row[f"max_abs_diff_cupy_{label}"] = float(f"{diff:.3g}")
+                    diff = (fns[mine]().float() - fns[other]().float()).abs().max().item()
+                    row[f"max_abs_diff_{mine}_{label}"] = float(f"{diff:.3g}")
                 except Exception as e:  # noqa: BLE001
-                    row["notes"][f"check_{label}"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+                    row["notes"][f"check_{mine}_{label}"] = f"error: {type(e).__name__}: {str(e)[:300]}"
             for name in args.backends:
                 if name not in fns:
                     continue
@@ -401,6 +412,8 @@ def timing_table(args, deadline: float) -> list[dict]:
             if "cupy" in ms and "sdpa" in ms:
                 row["efficiency_cupy"] = round((1 - s) * ms["sdpa"] / ms["cupy"], 4)
                 row["speedup_cupy_vs_sdpa"] = round(ms["sdpa"] / ms["cupy"], 4)
+            if "cupy_mma" in ms and "sdpa" in ms:
+                row["efficiency_cupy_mma"] = round((1 - s) * ms["sdpa"] / ms["cupy_mma"], 4)
             if "flex" in ms and "sdpa" in ms:
                 row["efficiency_flex"] = round((1 - s) * ms["sdpa"] / ms["flex"], 4)
             flops = 4 * B * H * n * n * d * (1 - s)  # kept QK^T and PV multiply-adds x 2
@@ -422,8 +435,8 @@ def _format_row(r: dict) -> str:
 
     return (
         f"B={r['B']} {r['dtype']} n={r['n']:>5} s={r['achieved_sparsity']:.2f}"
-        f"  cupy {cell('cupy')}  flex {cell('flex')}  sdpa {cell('sdpa')}  eager {cell('eager')} ms"
-        f"  eff_cupy {r.get('efficiency_cupy', '-')}"
+        f"  cupy {cell('cupy')}  mma {cell('cupy_mma')}  flex {cell('flex')}  sdpa {cell('sdpa')}"
+        f"  eager {cell('eager')} ms  eff_cupy {r.get('efficiency_cupy', '-')}  eff_mma {r.get('efficiency_cupy_mma', '-')}"
         f"  eff_flex {r.get('efficiency_flex', '-')}"
     )
 

@@ -23,16 +23,18 @@ def table_gpu(out: Output) -> None:
     if not rows:
         out.skip("GPU kernel table (table_gpu)", "gpu/summary.json has no timing rows")
         return
-    names = ("cupy", "cupy_simt_fp32", "flex", "sdpa")
-    header = ["dtype", "B", "H", "d", "block", "n", "achieved s", "cupy ms", "SIMT fp32 ms", "flex ms", "SDPA ms",
-              "eff cupy", "eff flex", "cupy ÷ flex"]
-    cols = ["dtype", "B", "H", "d", "block", "n", "achieved_sparsity", *(f"{b}_ms" for b in names), "efficiency_cupy",
-            "efficiency_flex", "flex_over_cupy"]
+    # The register-tile kernel ("cupy_mma") has columns only in files that timed it.
+    mma = any("cupy_mma" in r["ms"] for r in rows)
+    names = ("cupy", *(("cupy_mma",) if mma else ()), "cupy_simt_fp32", "flex", "sdpa")
+    effs = ("efficiency_cupy", *(("efficiency_cupy_mma",) if mma else ()), "efficiency_flex")
+    header = ["dtype", "B", "H", "d", "block", "n", "achieved s", "cupy ms", *(["mma ms"] if mma else []),
+              "SIMT fp32 ms", "flex ms", "SDPA ms", "eff cupy", *(["eff mma"] if mma else []), "eff flex", "cupy ÷ flex"]
+    cols = ["dtype", "B", "H", "d", "block", "n", "achieved_sparsity", *(f"{b}_ms" for b in names), *effs,
+            "flex_over_cupy"]
     recs = []
     for r in rows:
         ms = r["ms"]
-        rec = {c: r.get(c) for c in ("dtype", "B", "H", "d", "block", "n", "achieved_sparsity", "efficiency_cupy",
-                                     "efficiency_flex")}
+        rec = {c: r.get(c) for c in ("dtype", "B", "H", "d", "block", "n", "achieved_sparsity", *effs)}
         rec.update({f"{b}_ms": ms.get(b) for b in names})
         rec["flex_over_cupy"] = ms["flex"] / ms["cupy"] if "flex" in ms and "cupy" in ms else None
         recs.append(rec)
@@ -40,7 +42,8 @@ def table_gpu(out: Output) -> None:
                   for c in cols] for rec in recs]
     model = [m for m in data.get("model", []) if isinstance(m, dict) and "dendritic_ms" in m]
     caption = [
-        "Block-sparse attention on the GPU: the package's `cupy` backend (tensor-core WMMA forward for fp16/bf16), "
+        "Block-sparse attention on the GPU: the package's `cupy` backend (tensor-core WMMA forward for fp16/bf16"
+        + (", and `mma`: the register-tile mma.m16n8k16 forward" if mma else "") + "), "
         "the SIMT kernel on fp32 copies, compiled FlexAttention with the same BlockMask, dense SDPA; CUDA-event "
         "medians; random block masks with the diagonal/[CLS] floor. efficiency = (1 − s)·T_SDPA / T "
         "(1.0 = skipped blocks turned into time as fast as SDPA computes kept ones); cupy ÷ flex > 1 = cupy faster.",

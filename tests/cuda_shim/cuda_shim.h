@@ -9,6 +9,7 @@
 //   * threadIdx/blockIdx are thread_local, blockDim/gridDim global;
 //   * half and bfloat16 are the real cuda_fp16.h / cuda_bf16.h host code;
 //   * WMMA (tensor cores) is wmma/mma.h, a host implementation of the fragment API with the device's contract;
+//   * the PTX wrappers of the register-tile kernel (mma.m16n8k16, cp.async) are ptx_host.h;
 //   * dynamic shared memory (`DBSA_EXTERN_SHARED ... dbsa_smem[]` in the kernels) is the global cuda_shim_smem.
 #pragma once
 
@@ -53,6 +54,8 @@ struct Warp {
     std::barrier<> bar{kWarpSize};
     unsigned long long slot[kWarpSize];  // one lane's value, as raw bytes
     float mma_a[256], mma_b[256], mma_c[256];  // the warp's WMMA operands (wmma/mma.h)
+    unsigned ptx_a[kWarpSize][4], ptx_b[kWarpSize][2];  // the warp's mma.m16n8k16 operands (ptx_host.h)
+    float ptx_c[kWarpSize][4];
 };
 
 inline std::barrier<>* block_barrier = nullptr;  // the running block's
