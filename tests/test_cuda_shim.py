@@ -297,27 +297,16 @@ def test_backward_without_barrier_fails(shim_libs):
     assert failures > 0, "a backward kernel without barriers passed: the shim test cannot fail"
 
 
-def test_loader_shared_memory_formula_matches_the_kernel(shim_libs):
-    """cupy_backend.tc_shared_bytes (the launch's dynamic shared memory) equals the kernel's own Smem<...>::total."""
+@pytest.mark.parametrize("kernel,limit", [("tc", 160 * 1024), ("mma", 48 * 1024)])
+def test_loader_shared_memory_formula_matches_the_kernel(shim_libs, kernel, limit):
+    """cupy_backend's launch formula (tc_shared_bytes / mma_shared_bytes) equals the kernel's own Smem<...>::total
+    for every variant; "tc" fits sm_80's 160 KiB at block 64, "mma" (two pipeline stages) the default 48 KiB."""
     cupy_backend = pytest.importorskip("dendritic.kernels.cupy_backend")
-    lib = shim_libs["ok"]
-    lib.dbsa_shim_tc_smem.restype = ctypes.c_int
+    native = getattr(shim_libs["ok"], f"dbsa_shim_{kernel}_smem")
+    native.restype = ctypes.c_int
+    formula = {"tc": cupy_backend.tc_shared_bytes, "mma": cupy_backend.mma_shared_bytes}[kernel]
     for dtype in (torch.float16, torch.bfloat16):
         for d in (32, 64, 128):
             for bs in (16, 32, 64):
-                assert lib.dbsa_shim_tc_smem(DTYPE_CODE[dtype], d, bs) == cupy_backend.tc_shared_bytes(dtype, d, bs)
-    assert max(cupy_backend.tc_shared_bytes(torch.float16, d, 64) for d in (32, 64, 128)) <= 160 * 1024  # sm_80
-
-
-def test_loader_shared_memory_formula_matches_the_mma_kernel(shim_libs):
-    """cupy_backend.mma_shared_bytes equals the register-tile kernel's own MmaSmem<...>::total; every variant fits
-    the default 48 KiB (two pipeline stages of K, V and the key bias)."""
-    cupy_backend = pytest.importorskip("dendritic.kernels.cupy_backend")
-    lib = shim_libs["ok"]
-    lib.dbsa_shim_mma_smem.restype = ctypes.c_int
-    for dtype in (torch.float16, torch.bfloat16):
-        for d in (32, 64, 128):
-            for bs in (16, 32, 64):
-                got = cupy_backend.mma_shared_bytes(dtype, d, bs)
-                assert lib.dbsa_shim_mma_smem(DTYPE_CODE[dtype], d, bs) == got
-                assert got <= 48 * 1024
+                assert native(DTYPE_CODE[dtype], d, bs) == formula(dtype, d, bs)
+    assert max(formula(torch.float16, d, 64) for d in (32, 64, 128)) <= limit
