@@ -194,9 +194,11 @@ class GluePlan:
         return {**self.variant.get(variant, {}).get("settings", {}), **common,
                 **self.task.get(task, {}).get(variant, {})}
 
-    def task_seeds(self, task: str, seeds: list[int]) -> list[int]:
-        own = self.task.get(task, {}).get("seeds")
-        return [s for s in seeds if own is None or s in own]
+    def task_seeds(self, task: str, seeds: list[int] | None = None) -> list[int]:
+        """The task's seeds — its own ``seeds`` when ``[task.<t>]`` lists them (e.g. 5 where the seed spread is
+        wide), else the plan's — restricted to ``seeds`` (a command line's ``--seeds``) when given."""
+        own = [int(s) for s in self.task.get(task, {}).get("seeds", self.seeds)]
+        return [s for s in own if seeds is None or s in seeds]
 
     def pretraining(self) -> dict[str, Pretrain]:
         return {PHASE1: Pretrain(PHASE1, 1), PHASE2: Pretrain(PHASE2, 2, init=PHASE1)}
@@ -209,16 +211,16 @@ class GluePlan:
 
     def runs(self, sel: Selection) -> list[Run]:
         tasks = _check_tasks(sel.tasks, "--tasks") if sel.tasks else self.tasks
-        seeds = sel.seeds if sel.seeds is not None else self.seeds
+        seeds = set(sel.seeds) if sel.seeds is not None else {s for t in tasks for s in self.task_seeds(t)}
         variants = sel.variants or self.variants
         for v in variants:  # a variant that starts from another needs that one in the same call
             if self.init(v) in VARIANTS and self.init(v) not in variants:
                 raise ValueError(f"variant {v!r} starts from the {self.init(v)!r} runs: select both")
         order = sorted(variants, key=lambda v: self.init(v) in VARIANTS)  # a run after the run it starts from
         out = []
-        for seed in sorted(set(seeds)):  # seed by seed: a partial run is a coherent subset
+        for seed in sorted(seeds):  # seed by seed: a partial run is a coherent subset
             for task in tasks:
-                if seed not in self.task_seeds(task, [seed]):
+                if seed not in self.task_seeds(task, sel.seeds):
                     continue
                 for variant in order:
                     out.append(self._run(task, f"{variant}-seed{seed}", variant, seed,

@@ -146,7 +146,13 @@ def build_fixtures(root: Path) -> None:
                     if level == "layer":
                         row.update(policy_ms=0.1 * t, mask_ms=0.05 * t, kernel_ms=0.85 * t)
                     lat.append(row)
-    _write(root / "latency" / "summary.json", {"rows": lat, "provenance": {"gpu": "synthetic", "torch": "x"}})
+    lat += [{"level": "glue", "task": t, "model": "minilm-l6 (trained, seed 0)", "batch": b, "block_size": 1,
+             "achieved_sparsity": 0.5, "median_ms": 2.0 * b, "dense_sdpa_ms": 1.5 * b, "ratio_vs_sdpa": 4 / 3,
+             "path": ["cpu"], "policy_impl": ["cpp"], "mean_length": 12.0, "rounds": 3, "threads": 2,
+             "dtype": "float32"} for t in ("cola", "sst2") for b in (1, 32)]
+    _write(root / "latency" / "summary.json", {"rows": lat, "provenance": {"gpu": "synthetic", "torch": "x"},
+                                               "glue_provenance": {"cpu": "synthetic", "threads": 2,
+                                                                   "loadavg_start": [0.1, 0.1, 0.1]}})
 
     kern = [{"B": 1, "H": 12, "n": n, "d": d, "block_size": b, "target_sparsity": s, "achieved_block_sparsity": s,
              "t_sdpa_ms": n / 100, "t_cpu_ms": n / 100 * (1 - s) * 1.2, "t_flex_ms": n / 80,
@@ -233,6 +239,7 @@ EXPECTED = [
     "table1_glue.md", "table1_glue.csv", "table1_glue.tex", "pai_glue.png", "pai_glue.pdf", "tradeoff.png",
     "tradeoff.pdf", "sparsity_per_input.png", "budget_heatmap.png", "phase2_training.png", "phase1_training.png",
     "latency_vs_n.png", "speedup_vs_sparsity.png", "policy_overhead.png", "table_latency.md", "table_latency.csv",
+    "table_latency_glue.md", "table_latency_glue.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
@@ -323,6 +330,14 @@ def test_gpu_table_shows_the_mma_kernel_when_timed(two_runs):
     row = next(line for line in lines if line.startswith("| fp16") and "| 4096 | 0.500 |" in line)
     values = [c.strip() for c in row.strip("|").split("|")]
     assert float(values[cells.index("mma ms")]) == pytest.approx(4096 / 300 * 0.5, rel=1e-3)
+
+
+def test_glue_latency_rows_have_their_own_table(two_runs):
+    root, _ = two_runs
+    glue = (root / "a" / "table_latency_glue.md").read_text()
+    assert glue.count("| CoLA |") == 2 and glue.count("| SST-2 |") == 2 and "1.333" in glue
+    assert "load average at start 0.1" in glue
+    assert "| glue |" not in (root / "a" / "table_latency.md").read_text()  # not mixed into the n-sweep table
 
 
 def test_ablation_table_content(two_runs):

@@ -191,10 +191,25 @@ def test_ablation_summary_averages_the_same_seeds_everywhere(tmp_path):
 def test_inference_sweep_of_one_task_keeps_the_others():
     from reproduce.sweep_inference import merge_rows
 
-    old = [{"task": "mrpc", "policy": "none", "score": 0.8}, {"task": "sst2", "policy": "none", "score": 0.1}]
-    new = [{"task": "sst2", "policy": "none", "score": 0.9}, {"task": "sst2", "policy": "random", "score": 0.7}]
-    merged = merge_rows(old, new, ["sst2"])
-    assert merged == [old[0], *new]  # SST-2's old row replaced, MRPC's kept
+    old = [{"task": "mrpc", "policy": "none", "score": 0.8}, {"task": "sst2", "policy": "none", "score": 0.1},
+           {"task": "sst2", "seed": 1, "policy": "none", "score": 0.2}]
+    new = [{"task": "sst2", "seed": 0, "policy": "none", "score": 0.9},
+           {"task": "sst2", "seed": 0, "policy": "random", "score": 0.7}]
+    merged = merge_rows(old, new)
+    assert merged == [old[0], old[2], *new]  # SST-2 seed 0's old row (no seed: seed 0) replaced; MRPC, seed 1 kept
+
+
+def test_a_task_may_run_more_seeds_than_the_plan():
+    """`[task.<t>] seeds` replaces the plan's seeds for that task (CoLA: 5), and --seeds restricts both."""
+    from reproduce.plans import GluePlan, Selection
+
+    plan = GluePlan(preset="t", tasks=["cola", "rte"], seeds=[0, 1], variants=["dense"],
+                    task={"cola": {"seeds": [0, 1, 2]}}, variant={}, tradeoff_tasks=[], tradeoff_targets=[],
+                    main_target=0.5)
+    names = lambda sel: sorted((r.task, r.seed) for r in plan.runs(sel))  # noqa: E731
+    assert names(Selection()) == [("cola", 0), ("cola", 1), ("cola", 2), ("rte", 0), ("rte", 1)]
+    assert names(Selection(seeds=[1, 2])) == [("cola", 1), ("cola", 2), ("rte", 1)]
+    assert plan.task_seeds("rte") == [0, 1] and plan.task_seeds("cola", [2, 7]) == [2]
 
 
 def test_every_committed_plan_loads():

@@ -296,7 +296,7 @@ ABLATION_POINTS = {"full": ("full DendriticBERT", "D"), "training_free": ("train
 
 
 SWEEP_STYLE = {"learned": ("learned scorer", VARIANT_COLOR["dendritic"]), "training_free": ("training-free top-k", "C2"),
-               "random": ("random", "C3"), "static": ("static window w=0..4", "C4")}
+               "random": ("random", "C3"), "static": ("static window w=0..8", "C4")}
 POINT_COLOR = {"full": VARIANT_COLOR["dendritic"], "training_free": "C2", "random": "C3", "static": "C4"}
 
 

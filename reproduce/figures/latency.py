@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import Output, is_num, load_json, num, require
+from .common import Output, is_num, load_json, num, require, task_key, task_label
 
 HIDDEN = {"minilm-l6": 384, "bert-base": 768}
 LATENCY_COLS = ["level", "model", "backend", "n", "batch", "dtype", "block_size", "target_sparsity",
@@ -192,6 +192,7 @@ def table_latency(out: Output) -> None:
     if loaded is None:
         return
     df, prov = loaded
+    df = df[df["level"] != "glue"]  # the trained GLUE models' rows: table_latency_glue
     order = {"kernel": 0, "layer": 1, "model": 2}
     df = df.assign(_lv=df["level"].map(lambda v: order.get(v, 3)), _t=df["target_sparsity"].fillna(-1.0))
     df = df.sort_values(["_lv", "model", "n", "batch", "dtype", "_t", "backend"], kind="mergesort")
@@ -208,6 +209,42 @@ def table_latency(out: Output) -> None:
                "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
     out.table("table_latency", header, rows, caption, [path], "latency rows (kernel/layer/model) vs SDPA and eager",
               csv_header=cols, csv_rows=csv_rows)
+
+
+def table_latency_glue(out: Output) -> None:
+    """The accuracy setting: the trained GLUE models on their own dev inputs (``reproduce.bench.glue_latency``)."""
+    what = "GLUE-model latency table (table_latency_glue)"
+    path = out.results / "latency" / "summary.json"
+    if not require(out, what, path):
+        return
+    data = load_json(path)
+    rows = sorted((r for r in data.get("rows", []) if r.get("level") == "glue"),
+                  key=lambda r: (task_key(r["task"]), r["batch"]))
+    if not rows:
+        out.skip(what, "latency/summary.json has no level = glue rows (python -m reproduce.bench.glue_latency)")
+        return
+    prov = data.get("glue_provenance", {})
+    cols = ["task", "batch", "block_size", "mean_length", "achieved_sparsity", "dense_sdpa_ms", "median_ms",
+            "ratio_vs_sdpa", "path", "policy_impl"]
+    header = ["task", "batch", "block", "mean tokens", "block sparsity", "dense SDPA ms", "DendriticBERT ms",
+              "÷ dense SDPA", "attention path", "policy"]
+
+    def cell(v):
+        return num(v, 3) if is_num(v) else ", ".join(v) if isinstance(v, list) else str(v)
+
+    table = [[task_label(r["task"]) if c == "task" else cell(r.get(c)) for c in cols] for r in rows]
+    worst = max(rows, key=lambda r: r["ratio_vs_sdpa"])
+    best = min(rows, key=lambda r: r["ratio_vs_sdpa"])
+    caption = [("Accuracy-setting latency: the trained seed-0 GLUE models (the same models as Table 1's seed 0) on "
+                "their own dev inputs, dynamic padding, max length 128; DendriticBERT with its default "
+                "attention_backend (the path that ran is listed) vs its dense twin as a plain BertModel under SDPA; "
+                "median of interleaved rounds, ratio = paired median of DendriticBERT ÷ dense (< 1 is faster)."),
+               (f"Range: ×{best['ratio_vs_sdpa']:.2f} ({task_label(best['task'])}, batch {best['batch']}) to "
+                f"×{worst['ratio_vs_sdpa']:.2f} ({task_label(worst['task'])}, batch {worst['batch']})."),
+               "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
+    out.table("table_latency_glue", header, table, caption, [path],
+              "latency of the trained GLUE models on their dev inputs vs dense SDPA (level = glue rows)",
+              csv_header=cols, csv_rows=[[r.get(c) for c in cols] for r in rows])
 
 
 # -- kernel efficiency (reproduce.bench.kernels) --------------------------------------------------------------------------
@@ -303,4 +340,5 @@ def table_kernels(out: Output) -> None:
               csv_rows=[[r[c] for c in cols] for r in recs])
 
 
-FIGURES = [latency_vs_n, speedup_vs_sparsity, policy_overhead, table_latency, kernel_efficiency, table_kernels]
+FIGURES = [latency_vs_n, speedup_vs_sparsity, policy_overhead, table_latency, table_latency_glue, kernel_efficiency,
+           table_kernels]
