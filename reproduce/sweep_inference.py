@@ -20,7 +20,7 @@ and evaluates its dev set with the mask chosen by each policy —
 model, so the curves answer "which blocks does this model need at inference", not "how well would a model
 adapted to policy X do" (that is the ablation grid).  Rows (with their ``seed``) go to
 ``<results>/inference_sweep.json``; a sweep replaces the rows of the (task, seed) pairs it ran and keeps the rest.
-``matched`` compares the policies at the same achieved sparsity (see ``reproduce.summaries.sweep_summary``).
+``matched`` compares the policies at the sparsity the learned one achieves at the main target (:func:`matched_summary`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 from dendritic.provenance import atomic_write_json, provenance
 
@@ -82,11 +84,78 @@ def sweep_task(model_dir: Path, task: str, seed: int, *, max_length: int, batch_
     return rows
 
 
+OTHERS = ("training_free", "static", "random")  # the policies the learned one is compared with
+
+
+def interpolate(points: list[tuple[float, float]], at: float) -> float | None:
+    """Score at sparsity ``at`` on a policy's (sparsity, score) curve, linear between its two nearest points; None
+    outside the swept range (no extrapolation)."""
+    pts = sorted(points)
+    for (s0, y0), (s1, y1) in zip(pts, pts[1:]):
+        if s0 <= at <= s1:
+            return y0 if s1 == s0 else y0 + (y1 - y0) * (at - s0) / (s1 - s0)
+    return pts[0][1] if len(pts) == 1 and abs(pts[0][0] - at) < 1e-9 else None
+
+
+def _stats(xs: list[float]) -> dict:
+    arr = np.asarray(xs, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
+
+
+def matched_summary(rows: list[dict], main_target: float) -> dict:
+    """Part 2b of #13: per task, every policy's dev score at the sparsity the learned policy achieves at the main
+    target (interpolated along each policy's swept curve, per seed), and the learned policy's paired margin over
+    each other policy across seeds.  ``beyond_noise``: the mean margin exceeds twice its standard error (≥ 3
+    seeds); ``None`` with fewer seeds."""
+    out = {}
+    for task in sorted({r["task"] for r in rows}):
+        per_seed = {}
+        for seed in sorted({r.get("seed", 0) for r in rows if r["task"] == task}):
+            mine = [r for r in rows if r["task"] == task and r.get("seed", 0) == seed]
+            ref = [r for r in mine if r["policy"] == "learned" and r["target_sparsity"] == main_target]
+            none = [r for r in mine if r["policy"] == "none"]
+            if not ref:
+                continue
+            at = ref[0]["sparsity_mean"]
+            entry = {"sparsity": at, "learned": ref[0]["score"], "none": none[0]["score"] if none else None}
+            for policy in OTHERS:
+                curve = [(r["sparsity_mean"], r["score"]) for r in mine if r["policy"] == policy]
+                entry[policy] = interpolate(curve, at) if curve else None
+            per_seed[str(seed)] = entry
+        if not per_seed:
+            continue
+        seeds = list(per_seed.values())
+        task_out = {"seeds": [int(k) for k in per_seed], "metric": next(r["metric"] for r in rows if r["task"] == task),
+                    "per_seed": per_seed, "sparsity": _stats([e["sparsity"] for e in seeds])}
+        for policy in ("learned", "none", *OTHERS):
+            vals = [e[policy] for e in seeds if e[policy] is not None]
+            task_out[policy] = _stats(vals) if vals else None
+        margins = {}
+        for policy in ("none", *OTHERS):
+            diffs = [e["learned"] - e[policy] for e in seeds if e[policy] is not None]
+            if not diffs:
+                continue
+            st = _stats(diffs)
+            se = st["std"] / np.sqrt(st["n"]) if st["std"] is not None else None
+            st["beyond_noise"] = (None if st["n"] < 3 or se is None else
+                                  "learned better" if st["mean"] > 2 * se else
+                                  "learned worse" if st["mean"] < -2 * se else "not separable")
+            margins[policy] = st
+        task_out["learned_minus"] = margins
+        out[task] = task_out
+    return out
+
+
 def merge_rows(previous: list[dict], new: list[dict]) -> list[dict]:
     """The rows of the (task, seed) pairs swept now replace their old rows; every other pair's rows are kept (a
     sweep of one task or seed must not drop the others).  Rows from before seeds were recorded count as seed 0."""
     swept = {(r["task"], r.get("seed", 0)) for r in new}
     return [r for r in previous if (r["task"], r.get("seed", 0)) not in swept] + new
+
+
+def write(out_file: Path, rows: list[dict], main_target: float) -> None:
+    atomic_write_json(out_file, {"rows": rows, "main_target": main_target,
+                                 "matched": matched_summary(rows, main_target), "provenance": provenance()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         done = sweep_task(runs / "glue" / task / f"dendritic-seed{seed}", task, seed, max_length=args.max_length,
                           batch_size=args.batch_size, eval_samples=args.eval_samples)
         rows, new = merge_rows(rows, done), new + done
-        atomic_write_json(out_file, {"rows": rows, "provenance": provenance()})  # after every model: resumable by hand
+        write(out_file, rows, glue_plan.main_target)  # after every model: a killed sweep keeps what it did
+    write(out_file, rows, glue_plan.main_target)  # (also when --reuse found everything swept: the summary is rebuilt)
     for r in new:
         knob = f"w={r['static_window']}" if r["policy"] == "static" else f"t={r['target_sparsity']}"
         print(f"{r['task']:5s} s{r['seed']} {r['policy']:13s} {knob:6s} {r['metric']} {r['score']:.4f} "

@@ -213,7 +213,12 @@ def build_fixtures(root: Path) -> None:
     sweep += [{"task": "rte", "policy": "static", "target_sparsity": None, "static_window": w, "metric": "accuracy",
                "score": 0.5 + 0.03 * w, "sparsity_mean": 0.7 - 0.1 * w, "pair_sparsity_mean": 0.6 - 0.1 * w}
               for w in range(5)]
-    _write(root / "ablations" / "inference_sweep.json", {"rows": sweep, "provenance": {}})
+    from reproduce.sweep_inference import matched_summary
+
+    sweep = [{**r, "seed": seed, "score": r["score"] + 0.01 * seed * (r["policy"] == "learned")}
+             for seed in (0, 1, 2) for r in sweep]  # the learned policy a point higher per seed
+    _write(root / "ablations" / "inference_sweep.json", {"rows": sweep, "main_target": 0.5,
+                                                         "matched": matched_summary(sweep, 0.5), "provenance": {}})
     _write(root / "diagnostics" / "summary.json", {
         "dense_from_phase2": {"question": "Is it the phase-2 weights?", "task": "rte", "variant": "dense",
                               "init": "phase2", "settings": {},
@@ -242,7 +247,7 @@ EXPECTED = [
     "table_latency_glue.md", "table_latency_glue.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
-    "table_diagnostics.md", "table_diagnostics.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
+    "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
     "table_long.md", "table_long.csv", "table_long_mlm.md", "long_latency_vs_retention.png", "table_glue_recipes.md",
     "table_glue_recipes.csv", "MANIFEST.md",
 ]
@@ -338,6 +343,16 @@ def test_glue_latency_rows_have_their_own_table(two_runs):
     assert glue.count("| CoLA |") == 2 and glue.count("| SST-2 |") == 2 and "1.333" in glue
     assert "load average at start 0.1" in glue
     assert "| glue |" not in (root / "a" / "table_latency.md").read_text()  # not mixed into the n-sweep table
+
+
+def test_policy_matched_table(two_runs):
+    root, _ = two_runs
+    text = (root / "a" / "table_policy_matched.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| RTE |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "3" and cells[3] == "45.0 ± 0.0"  # 3 seeds; the learned policy's sparsity at target 0.5
+    assert cells[5] == "62.0 ± 1.0"  # learned: 0.66 - 0.05 (+ a point per seed)
+    assert cells[6] == "56.0 ± 0.0" and "learned better" in cells[9]  # training-free: 0.66 - 2 × 0.05
 
 
 def test_ablation_table_content(two_runs):

@@ -199,6 +199,40 @@ def test_inference_sweep_of_one_task_keeps_the_others():
     assert merged == [old[0], old[2], *new]  # SST-2 seed 0's old row (no seed: seed 0) replaced; MRPC, seed 1 kept
 
 
+def _sweep_rows(task, seed, learned, static_scores, random_shift=0.0):
+    """One model's sweep: learned at targets 0.3/0.5, a static curve, a random curve."""
+    rows = [{"task": task, "seed": seed, "policy": "none", "target_sparsity": None, "sparsity_mean": 0.0,
+             "score": 0.80, "metric": "accuracy"}]
+    rows += [{"task": task, "seed": seed, "policy": "learned", "target_sparsity": t, "sparsity_mean": s,
+              "score": y, "metric": "accuracy"} for t, s, y in ((0.3, 0.30, 0.80), (0.5, 0.50, learned))]
+    rows += [{"task": task, "seed": seed, "policy": "static", "target_sparsity": None, "sparsity_mean": s,
+              "score": y, "metric": "accuracy"} for s, y in zip((0.4, 0.6), static_scores)]
+    rows += [{"task": task, "seed": seed, "policy": "random", "target_sparsity": t, "sparsity_mean": t,
+              "score": 0.6 + random_shift, "metric": "accuracy"} for t in (0.55, 0.7)]  # range misses 0.5
+    return rows
+
+
+def test_policies_compared_at_the_learned_policys_sparsity():
+    from reproduce.sweep_inference import interpolate, matched_summary
+
+    assert interpolate([(0.2, 1.0), (0.6, 0.0)], 0.5) == pytest.approx(0.25)
+    assert interpolate([(0.6, 0.0), (0.2, 1.0)], 0.2) == pytest.approx(1.0)
+    assert interpolate([(0.2, 1.0), (0.6, 0.0)], 0.7) is None  # never extrapolated
+    rows = [r for seed, y in ((0, 0.78), (1, 0.785), (2, 0.79)) for r in _sweep_rows("sst2", seed, y, (0.72, 0.68))]
+    rows += [r for seed, y in ((0, 0.70), (1, 0.76), (2, 0.69)) for r in _sweep_rows("cola", seed, y, (0.74, 0.70))]
+    m = matched_summary(rows, 0.5)
+    sst2, cola = m["sst2"], m["cola"]
+    assert sst2["seeds"] == [0, 1, 2] and sst2["sparsity"]["mean"] == pytest.approx(0.5)
+    assert sst2["static"]["mean"] == pytest.approx(0.70)  # midway between 0.72 at 0.4 and 0.68 at 0.6
+    assert sst2["random"] is None and "random" not in sst2["learned_minus"]  # 0.5 lies outside its curve
+    assert sst2["learned_minus"]["static"]["mean"] == pytest.approx(0.085)
+    assert sst2["learned_minus"]["static"]["beyond_noise"] == "learned better"
+    assert sst2["learned_minus"]["none"]["beyond_noise"] == "learned worse"  # masks cost 1-2 points, every seed
+    assert cola["learned_minus"]["static"]["beyond_noise"] == "not separable"  # -0.02, +0.04, -0.03
+    two = matched_summary([r for r in rows if r["task"] == "sst2" and r["seed"] < 2], 0.5)
+    assert two["sst2"]["learned_minus"]["static"]["beyond_noise"] is None  # fewer than 3 seeds: no verdict
+
+
 def test_a_task_may_run_more_seeds_than_the_plan():
     """`[task.<t>] seeds` replaces the plan's seeds for that task (CoLA: 5), and --seeds restricts both."""
     from reproduce.plans import GluePlan, Selection
