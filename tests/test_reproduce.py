@@ -402,3 +402,29 @@ def test_recipe_sparsify_runs_summary_and_retrain(tmp_path, monkeypatch):
     assert [(r["target_sparsity"], r["dense_run"]) for r in rows] == [(0.5, "dense-lr5e-05-seed0"),
                                                                      (0.7, "dense-lr5e-05-seed0")]
     assert rows[1]["retention"] == pytest.approx(0.9) and rows[1]["agreement"] == 0.75
+
+
+def test_backend_check_on_a_saved_classifier(tmp_path):
+    """reproduce.check_backends on a saved smoke-size classifier with real dev inputs (WNLI): the fast backends give
+    the reference backend's predictions, and the paths that ran are recorded."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from dendritic.config import DendriticConfig
+    from dendritic.modeling import DendriticBertForSequenceClassification
+    from dendritic.training.phases import minilm_path
+    from reproduce.check_backends import check
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = DendriticConfig.from_preset("smoke", vocab_size=tokenizer.vocab_size, block_size=4,
+                                         max_position_embeddings=128, num_labels=2)
+    folder = tmp_path / "dendritic-seed0"
+    DendriticBertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    row = check(folder, "wnli", 0, batch_size=32, max_length=128)
+    assert row["dev_examples"] == 71 and row["paths"]["cpu"] == ["cpu"] and row["paths"]["reference"] == ["reference"]
+    for backend in ("cpu", "masked_sdpa", "auto"):
+        assert row[f"{backend}_vs_reference"]["equal_predictions"] == 1.0
+        assert row[f"{backend}_vs_reference"]["max_abs_logit_diff"] < 1e-4
+    assert len(set(row["score"].values())) == 1
