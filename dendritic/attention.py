@@ -28,6 +28,7 @@ from .gating import GatingController
 from .kernels import block_sparse_attention
 from .kernels.dispatch import choose_backend, expected_keep
 from .kernels.layout import dense_to_block_mask, num_blocks
+from .kernels.masked_sdpa import masked_sdpa_attention
 from .masks import block_token_counts, safety_floor
 from .perforation import PerforationOutput, PerforationUnit
 from .policies import PolicyContext, get_policy
@@ -46,6 +47,7 @@ class PolicyCall:
     host_budgets: list[list[float]] | None = None  # the budgets as host floats ("auto" decides without a sync)
     trace: list[PerforationOutput] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # per layer: the attention path that ran
+    key_padding: tuple | None = None  # (BertModel's mask, the bool (B, n) key padding made from it by the first layer)
 
 
 def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: int, n: int, device) -> torch.Tensor:
@@ -145,7 +147,13 @@ class DendriticSelfAttention(BertSelfAttention):
         q = self.query(hidden_states).view(shape).transpose(1, 2)  # (B, H, n, dh)
         k = self.key(hidden_states).view(shape).transpose(1, 2)
         v = self.value(hidden_states).view(shape).transpose(1, 2)
-        key_padding = key_padding_from_attention_mask(attention_mask, B, n, hidden_states.device)  # (B, n)
+        # (B, n) bool; every layer of a forward pass gets the same mask object from BertModel: made once per call
+        cached = policy_call.key_padding
+        if cached is not None and cached[0] is attention_mask and cached[1].shape == (B, n):
+            key_padding = cached[1]
+        else:
+            key_padding = key_padding_from_attention_mask(attention_mask, B, n, hidden_states.device)
+            policy_call.key_padding = (attention_mask, key_padding)
 
         policy = self.block_policy(hidden_states, q, k, key_padding, policy_call)
         policy_call.trace.append(policy)
@@ -163,6 +171,10 @@ class DendriticSelfAttention(BertSelfAttention):
                 backend = choose_backend(q.device.type, B, q.shape[1], n, q.shape[-1], self.block_size, keep,
                                          needs_grad=torch.is_grad_enabled() and q.requires_grad)
             policy_call.paths.append(backend)
+            if backend == "masked_sdpa" and policy.hard is not None:  # the dense mask is at hand: no compact layout
+                out = masked_sdpa_attention(q, k, v, None, None, block_size=self.block_size,
+                                            key_padding_mask=key_padding, scale=self.scaling, block_mask=policy.hard)
+                return out.transpose(1, 2).reshape(B, n, -1), None
             kv_num_blocks, kv_indices = policy.kv_num_blocks, policy.kv_indices
             if kv_num_blocks is None:
                 kv_num_blocks, kv_indices = dense_to_block_mask(policy.hard)  # (B, H, nb), (B, H, nb, nb)

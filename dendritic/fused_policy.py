@@ -2,11 +2,13 @@
 mask, the kernels' compact layout and the statistics, for CPU fp32 inputs.
 
 Why: per layer the Python modules dispatch ~100 small tensor operations (and a full sort for the budget's order
-statistic); at short inputs that costs more than the attention it could save.  The fused call computes every
-floating-point quantity with the same ATen operations in the same order as the Python modules — bit-identical
-values — and the discrete part (order statistic by ``nth_element``, comparison, floor, compaction, counts) in one
-loop, so the hard mask, ``kv_num_blocks``/``kv_indices`` and the block sparsity equal the Python path's exactly
-(``tests/test_policy_fused.py``).  The Python modules stay the specification and the training path.
+statistic); at short inputs that costs more than the attention it could save.  The fused call is plain loops
+around the two scorer GEMMs: its floats (pooling, scores, log block mass, gate) follow the Python expressions term by
+term, agreeing with them to float rounding (not bit for bit: the reduction order differs), and its discrete part
+(order statistic by ``nth_element``, comparison, floor, compaction, counts) reproduces the Python perforation unit
+exactly given those floats — so a block decision can differ from the Python path's only where a log mass lies within
+rounding of its threshold (``tests/test_policy_fused.py`` checks both halves).  The Python modules stay the
+specification and the training path.
 
 The extension is JIT-built on first use into torch's extension cache (like the ``cpu`` attention backend); a failed
 build raises ``ImportError`` with the compiler output.  :func:`fused_policy_available` says whether a call can use it.
@@ -53,12 +55,22 @@ def fused_learned_policy(layer, hidden_states: torch.Tensor, key_padding: torch.
     if cfg.gating:
         norm, lin1, lin2 = gate.norm, gate.mlp[0], gate.mlp[2]
         gate_params = [norm.weight, norm.bias, lin1.weight, lin1.bias, lin2.weight, lin2.bias]
-    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity = _learned_policy(
+    # Eager calls go straight to the extension (the custom operator's Python dispatch costs ~50 µs a layer, as much
+    # as the policy itself at GLUE lengths); a torch.compile trace goes through the operator.
+    call = _learned_policy if torch.compiler.is_compiling() else _direct
+    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity = call(
         hidden_states, key_padding, scorer.q_features.weight, scorer.q_features.bias, scorer.k_features.weight,
         scorer.k_features.bias, scorer.num_heads, scorer.rank, float(scorer.scale), gate_params or [],
         float(gate.norm.eps), float(gate.max_shift), layer.perforation.offset, budgets, layer.block_size,
         cfg.dense_cls_row, float(temperature))
     return PerforationOutput(None, hard, keep_fraction, target_keep, block_sparsity, kv_num_blocks, kv_indices, "fused")
+
+
+def _direct(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets, block_size,
+            dense_cls_row, temperature):
+    out = _extension().learned_policy(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate or None, ln_eps,
+                                      max_shift, offset, budgets, block_size, dense_cls_row, temperature)
+    return out[:6]
 
 
 # The extension call as a PyTorch operator (torch.library), so the model compiles with torch.compile(fullgraph=True).

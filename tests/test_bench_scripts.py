@@ -36,9 +36,20 @@ def run_script(module: str, out: Path) -> dict:
     return data
 
 
+GLUE_ROW = {"level": "glue", "task": "cola", "batch": 1, "median_ms": 1.0, "ratio_vs_sdpa": 1.5}
+
+
 @pytest.fixture(scope="module")
 def latency(tmp_path_factory):
-    return run_script("reproduce.bench.latency", tmp_path_factory.mktemp("latency") / "summary.json")
+    # The file already holds an accuracy-setting row (reproduce.bench.glue_latency): the sweep must keep it.
+    out = tmp_path_factory.mktemp("latency") / "summary.json"
+    out.write_text(json.dumps({"rows": [GLUE_ROW], "glue_provenance": {"wall_s": 1.0}}))
+    return run_script("reproduce.bench.latency", out)
+
+
+def test_latency_sweep_keeps_the_glue_rows(latency):
+    assert [r for r in latency["rows"] if r["level"] == "glue"] == [GLUE_ROW]
+    assert latency["glue_provenance"] == {"wall_s": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +58,7 @@ def memory(tmp_path_factory):
 
 
 def test_latency_schema_and_levels(latency):
-    rows = latency["rows"]
+    rows = [r for r in latency["rows"] if r["level"] != "glue"]
     assert {r["level"] for r in rows} == {"kernel", "layer", "model"}
     for r in rows:
         assert LATENCY_FIELDS <= set(r), LATENCY_FIELDS - set(r)
@@ -101,7 +112,7 @@ def test_latency_amdahl_consistent(latency):
             assert r["amdahl_fraction"] is None
     assert len({r["attention_share"] for r in model_rows}) == 1  # one share per (model, n, batch), same run
     for r in latency["rows"]:
-        if r["level"] != "model":
+        if r["level"] in ("kernel", "layer"):
             assert r["amdahl_bound"] is None and r["attention_share"] is None
 
 
@@ -157,3 +168,19 @@ def test_flex_refuses_the_cpu_shapes_it_gets_wrong():
         ref = block_sparse_attention(q, k, v, nkb, idx, block_size=16, key_padding_mask=None, backend="reference")
         got = block_sparse_attention(q, k, v, nkb, idx, block_size=16, key_padding_mask=None, backend="flex")
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_policy_cost_script(tmp_path):
+    """``reproduce.bench.policy_cost --quick``: the fused policy ran, and the shares are the ratios of the times."""
+    out = tmp_path / "policy_cost.json"
+    proc = subprocess.run([sys.executable, "-m", "reproduce.bench.policy_cost", "--quick", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["provenance"]["loadavg_start"] is not None and len(data["rows"]) == 2
+    for r in data["rows"]:
+        assert r["policy_impl"] == "fused" and r["layers"] == 6
+        assert min(r["policy_ms"], r["policy_python_ms"], r["dense_forward_ms"], r["dense_attention_ms"]) > 0
+        assert r["policy_share_of_forward"] == pytest.approx(r["policy_ms"] / r["dense_forward_ms"])
+        assert r["policy_share_of_attention"] == pytest.approx(r["policy_ms"] / r["dense_attention_ms"])
+        assert 0.0 < r["achieved_sparsity"] < 1.0

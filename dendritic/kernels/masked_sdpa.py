@@ -30,43 +30,43 @@ def token_mask(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, *, n: int,
     return tok
 
 
-def _additive_mask(keep: torch.Tensor, n: int, block_size: int, key_padding_mask: torch.Tensor | None,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """(B, H, n, n) additive mask, 0 where attended and -inf elsewhere — what SDPA's fused CPU/GPU kernels take
-    without a conversion (a boolean mask is converted on every call).  Built from the block mask by one expand."""
-    B, H, nb, _ = keep.shape
-    b = block_size
-    block_bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, float("-inf"))
-    bias = block_bias[:, :, :, None, :, None].expand(B, H, nb, b, nb, b).reshape(B, H, nb * b, nb * b)[..., :n, :n]
-    if key_padding_mask is not None:
-        bias = bias.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
-    return bias
-
-
 def masked_sdpa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    kv_num_blocks: torch.Tensor,
-    kv_indices: torch.Tensor,
+    kv_num_blocks: torch.Tensor | None,
+    kv_indices: torch.Tensor | None,
     *,
     block_size: int,
     key_padding_mask: torch.Tensor | None,
     scale: float,
+    block_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention as masked dense SDPA.  Arguments as in :func:`dendritic.kernels.block_sparse_attention`;
-    (B, H, n, d) in q's dtype."""
+    ``block_mask``: the same mask as bool (B, H, nb, nb), when the caller has it (the model's policies do), instead
+    of the compact layout — it saves rebuilding it.  Returns (B, H, n, d) in q's dtype.
+
+    Few tensor operations on purpose (this path serves short inputs, where each one costs as much as the arithmetic):
+    one token-level keep mask (block mask expanded, padded keys removed; with 1-token blocks it *is* the block mask),
+    one additive bias from it — what SDPA's fused CPU/GPU kernels take without a conversion — and one ``where``."""
     n, b = q.shape[-2], block_size
-    keep = block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])  # (B, H, nb, nb)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(keep, n, b, key_padding_mask, q.dtype),
-                                         scale=scale)
-    # Rows with no real kept key (their kept blocks hold only padding) come out of SDPA as NaN: zeros instead,
-    # found at block level — a query block is live when one of its kept key blocks holds a real key.
+    keep = block_mask if block_mask is not None else block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])
     B, H, nb, _ = keep.shape
-    if key_padding_mask is None:
-        live = keep.any(-1)  # (B, H, nb)
+    tok = keep if b == 1 else keep[:, :, :, None, :, None].expand(B, H, nb, b, nb, b).reshape(B, H, nb * b, nb * b)[..., :n, :n]
+    if key_padding_mask is not None:
+        tok = tok & key_padding_mask[:, None, None, :]
+    bias = torch.zeros(tok.shape, dtype=q.dtype, device=q.device).masked_fill_(~tok, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    # Rows with no real kept key come out of SDPA as NaN: zeros instead.  With 1-token blocks the row test is the
+    # token mask itself; otherwise it is made at block level — a query block is live when one of its kept key
+    # blocks holds a real key — and expanded (cheaper than scanning n × n at long n).
+    if b == 1:
+        rows = tok.any(-1, keepdim=True)  # (B, H, n, 1)
     else:
-        real = torch.nn.functional.pad(key_padding_mask, (0, nb * b - n)).view(B, nb, b).any(-1)  # (B, nb)
-        live = (keep & real[:, None, None, :]).any(-1)
-    rows = live[..., None].expand(B, H, nb, b).reshape(B, H, nb * b)[..., :n, None]  # (B, H, n, 1)
+        if key_padding_mask is None:
+            live = keep.any(-1)  # (B, H, nb)
+        else:
+            real = torch.nn.functional.pad(key_padding_mask, (0, nb * b - n)).view(B, nb, b).any(-1)  # (B, nb)
+            live = (keep & real[:, None, None, :]).any(-1)
+        rows = live[..., None].expand(B, H, nb, b).reshape(B, H, nb * b)[..., :n, None]  # (B, H, n, 1)
     return torch.where(rows, out, out.new_zeros(()))

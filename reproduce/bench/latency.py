@@ -47,6 +47,7 @@ Results are rewritten (atomically) after every configuration.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -367,6 +368,15 @@ def main(argv=None):
                            "heads that fit at large n)",
         },
     }
+    # The accuracy-setting rows (level "glue", written by reproduce.bench.glue_latency) live in the same file: kept.
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())
+        glue_rows = [r for r in previous.get("rows", []) if r.get("level") == "glue"]
+        if glue_rows:
+            payload["glue_provenance"] = previous.get("glue_provenance")
+    else:
+        glue_rows = []
+    payload["rows"].extend(glue_rows)
     with torch.inference_mode():
         for i, c in enumerate(configs):
             preset = DendriticConfig.from_preset(MODELS[c.model])

@@ -253,6 +253,49 @@ def table_latency_glue(out: Output) -> None:
               csv_header=cols, csv_rows=[[r.get(c) for c in cols] for r in rows])
 
 
+def table_policy_cost(out: Output) -> None:
+    """What the learned policy costs at inference vs the dense forward and dense attention (reproduce.bench.policy_cost)."""
+    what = "policy cost table (table_policy_cost)"
+    path = out.results / "latency" / "policy_cost.json"
+    if not require(out, what, path):
+        return
+    data = load_json(path)
+    rows = sorted(data.get("rows", []), key=lambda r: (r["block_size"], r["n"], r["batch"]))
+    if not rows:
+        out.skip(what, "latency/policy_cost.json has no rows")
+        return
+    cols = ["n", "block_size", "batch", "policy_impl", "achieved_sparsity", "policy_ms", "policy_python_ms",
+            "dense_forward_ms", "dense_attention_ms", "policy_share_of_forward", "policy_share_of_attention"]
+    header = ["n", "block", "batch", "policy", "block sparsity", "policy ms (all layers)", "Python modules ms",
+              "dense forward ms", "dense attention ms", "policy ÷ forward %", "policy ÷ attention %"]
+
+    def cell(c, v):
+        if c.startswith("policy_share"):
+            return f"{100 * v:.1f}"
+        return num(v, 3) if isinstance(v, float) else str(v)
+
+    table = [[cell(c, r.get(c)) for c in cols] for r in rows]
+    short = [r for r in rows if r["n"] <= 128 and r.get("policy_impl") == "fused"]
+    long_rows = [r for r in rows if r["n"] >= 512 and r.get("policy_impl") == "fused"]
+    goal = []
+    if short:
+        w = max(short, key=lambda r: r["policy_share_of_forward"])
+        goal.append(f"n ≤ 128: worst {100 * w['policy_share_of_forward']:.1f} % of the dense forward (block "
+                    f"{w['block_size']}, batch {w['batch']}; goal ≤ 5 %)")
+    if long_rows:
+        w = max(long_rows, key=lambda r: r["policy_share_of_attention"])
+        goal.append(f"n ≥ 512: worst {100 * w['policy_share_of_attention']:.1f} % of dense attention (n = {w['n']}, "
+                    f"block {w['block_size']}, batch {w['batch']}; goal ≤ 5 %)")
+    prov = data.get("provenance", {})
+    caption = [("Policy cost at inference: scorer + gate + threshold + mask compaction of all layers (the fused "
+                "C++ call the model makes; the Python modules beside it), vs the dense twin's whole forward and its "
+                "attention alone (SDPA), MiniLM-L6 shapes, random weights, target 0.5, interleaved medians."),
+               "Goal (#15): " + ("; ".join(goal) if goal else "no fused rows") + ".",
+               "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
+    out.table("table_policy_cost", header, table, caption, [path], "policy cost vs the dense forward and attention",
+              csv_header=cols, csv_rows=[[r.get(c) for c in cols] for r in rows])
+
+
 # -- kernel efficiency (reproduce.bench.kernels) --------------------------------------------------------------------------
 def _kernels(out: Output, what: str):
     path = out.results / "kernels" / "summary.json"
@@ -346,5 +389,5 @@ def table_kernels(out: Output) -> None:
               csv_rows=[[r[c] for c in cols] for r in recs])
 
 
-FIGURES = [latency_vs_n, speedup_vs_sparsity, policy_overhead, table_latency, table_latency_glue, kernel_efficiency,
-           table_kernels]
+FIGURES = [latency_vs_n, speedup_vs_sparsity, policy_overhead, table_latency, table_latency_glue, table_policy_cost,
+           kernel_efficiency, table_kernels]
