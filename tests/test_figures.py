@@ -154,6 +154,13 @@ def build_fixtures(root: Path) -> None:
                                                "glue_provenance": {"cpu": "synthetic", "threads": 2,
                                                                    "loadavg_start": [0.1, 0.1, 0.1]}})
 
+    cost = [{"model": "minilm-l6", "n": n, "block_size": b, "batch": 1, "layers": 6, "achieved_sparsity": 0.5,
+             "rounds": 3, "policy_impl": "fused", "policy_ms": 0.02 * n, "policy_python_ms": 0.05 * n,
+             "dense_forward_ms": n / 5, "dense_attention_ms": n / 20, "policy_share_of_forward": 0.1,
+             "policy_share_of_attention": 0.4, "python_over_fused": 2.5} for n, b in ((128, 4), (512, 64))]
+    _write(root / "latency" / "policy_cost.json", {"rows": cost, "provenance": {"cpu": "synthetic", "threads": 2,
+                                                                                  "loadavg_start": [0.1, 0.1, 0.1]}})
+
     kern = [{"B": 1, "H": 12, "n": n, "d": d, "block_size": b, "target_sparsity": s, "achieved_block_sparsity": s,
              "t_sdpa_ms": n / 100, "t_cpu_ms": n / 100 * (1 - s) * 1.2, "t_flex_ms": n / 80,
              "efficiency": 1 / 1.2, "flex_over_cpu": 2.0, "mask_build_ms": 0.01, "mask_build_pct_of_sdpa": 0.1,
@@ -244,7 +251,7 @@ EXPECTED = [
     "table1_glue.md", "table1_glue.csv", "table1_glue.tex", "pai_glue.png", "pai_glue.pdf", "tradeoff.png",
     "tradeoff.pdf", "sparsity_per_input.png", "budget_heatmap.png", "phase2_training.png", "phase1_training.png",
     "latency_vs_n.png", "speedup_vs_sparsity.png", "policy_overhead.png", "table_latency.md", "table_latency.csv",
-    "table_latency_glue.md", "table_latency_glue.csv",
+    "table_latency_glue.md", "table_latency_glue.csv", "table_policy_cost.md", "table_policy_cost.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
@@ -335,6 +342,14 @@ def test_gpu_table_shows_the_mma_kernel_when_timed(two_runs):
     row = next(line for line in lines if line.startswith("| fp16") and "| 4096 | 0.500 |" in line)
     values = [c.strip() for c in row.strip("|").split("|")]
     assert float(values[cells.index("mma ms")]) == pytest.approx(4096 / 300 * 0.5, rel=1e-3)
+
+
+def test_policy_cost_table_states_the_goal_per_regime(two_runs):
+    root, _ = two_runs
+    table = (root / "a" / "table_policy_cost.md").read_text()
+    assert "n ≤ 128: worst 10.0 % of the dense forward" in table
+    assert "n ≥ 512: worst 40.0 % of dense attention (n = 512, block 64" in table
+    assert "| 128 | 4 | 1 | fused |" in table
 
 
 def test_glue_latency_rows_have_their_own_table(two_runs):
