@@ -80,9 +80,8 @@ def _learned_policy(x: torch.Tensor, key_padding: torch.Tensor, wq: torch.Tensor
                     ln_eps: float, max_shift: float, offset: torch.Tensor, budgets: torch.Tensor, block_size: int,
                     dense_cls_row: bool, temperature: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = _extension().learned_policy(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate or None, ln_eps,
-                                      max_shift, offset, budgets, block_size, dense_cls_row, temperature)
-    return tuple(out[:6])
+    return tuple(_direct(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate, ln_eps, max_shift, offset,
+                         budgets, block_size, dense_cls_row, temperature))
 
 
 @_learned_policy.register_fake
