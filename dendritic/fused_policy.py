@@ -22,7 +22,7 @@ import torch
 
 from .perforation import PerforationOutput
 
-__all__ = ["fused_learned_policy", "fused_policy_available"]
+__all__ = ["fused_learned_policy", "fused_policy_available", "scorer_weights"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "policy_cpu.cpp"
 _ext = None
@@ -58,34 +58,51 @@ def fused_learned_policy(layer, hidden_states: torch.Tensor, key_padding: torch.
     # Eager calls go straight to the extension (the custom operator's Python dispatch costs ~50 µs a layer, as much
     # as the policy itself at GLUE lengths); a torch.compile trace goes through the operator.
     call = _learned_policy if torch.compiler.is_compiling() else _direct
+    w_qk, b_qk = scorer_weights(scorer)
     hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity = call(
-        hidden_states, key_padding, scorer.q_features.weight, scorer.q_features.bias, scorer.k_features.weight,
-        scorer.k_features.bias, scorer.num_heads, scorer.rank, float(scorer.scale), gate_params or [],
+        hidden_states, key_padding, w_qk, b_qk, scorer.num_heads, scorer.rank, float(scorer.scale), gate_params or [],
         float(gate.norm.eps), float(gate.max_shift), layer.perforation.offset, budgets, layer.block_size,
         cfg.dense_cls_row, float(temperature))
     return PerforationOutput(None, hard, keep_fraction, target_keep, block_sparsity, kv_num_blocks, kv_indices, "fused")
 
 
-def _direct(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets, block_size,
+def scorer_weights(scorer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scorer's two projections as the extension's one GEMM takes them: ``[W_q; W_k]ᵀ`` (d, 2·H·r), contiguous,
+    and ``[b_q; b_k]``.  Made once and kept on the scorer until a parameter changes (its version counter or storage
+    moves: an optimiser step, ``load_state_dict``, ``.to()``) — rebuilding the copy every call would cost about what
+    the merged GEMM saves.  Inside a ``torch.compile`` trace it is built in the graph."""
+    params = (scorer.q_features.weight, scorer.k_features.weight, scorer.q_features.bias, scorer.k_features.bias)
+    if torch.compiler.is_compiling():
+        return torch.cat(params[:2]).t().contiguous(), torch.cat(params[2:])
+    key = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in params)
+    cached = scorer.__dict__.get("_fused_weights")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, torch.cat(params[:2]).t().contiguous(), torch.cat(params[2:]).contiguous())
+        scorer.__dict__["_fused_weights"] = cached
+    return cached[1], cached[2]
+
+
+def _direct(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets, block_size,
             dense_cls_row, temperature):
-    out = _extension().learned_policy(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate or None, ln_eps,
+    out = _extension().learned_policy(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate or None, ln_eps,
                                       max_shift, offset, budgets, block_size, dense_cls_row, temperature)
     return out[:6]
 
 
 # The extension call as a PyTorch operator (torch.library), so the model compiles with torch.compile(fullgraph=True).
 @torch.library.custom_op("dendritic::learned_policy", mutates_args=())
-def _learned_policy(x: torch.Tensor, key_padding: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor, wk: torch.Tensor,
-                    bk: torch.Tensor, num_heads: int, rank: int, scale: float, gate: list[torch.Tensor],
+def _learned_policy(x: torch.Tensor, key_padding: torch.Tensor, w_qk: torch.Tensor, b_qk: torch.Tensor,
+                    num_heads: int, rank: int, scale: float, gate: list[torch.Tensor],
                     ln_eps: float, max_shift: float, offset: torch.Tensor, budgets: torch.Tensor, block_size: int,
                     dense_cls_row: bool, temperature: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_direct(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate, ln_eps, max_shift, offset,
-                         budgets, block_size, dense_cls_row, temperature))
+    return tuple(_direct(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets,
+                         block_size, dense_cls_row, temperature))
 
 
 @_learned_policy.register_fake
-def _(x, key_padding, wq, bq, wk, bk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets, block_size,
+def _(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets, block_size,
       dense_cls_row, temperature):
     B, n = x.shape[0], x.shape[1]
     nb = (n + block_size - 1) // block_size

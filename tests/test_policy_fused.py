@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dendritic import DendriticBertModel, DendriticConfig
-from dendritic.fused_policy import _extension
+from dendritic.fused_policy import _extension, scorer_weights
 from dendritic.kernels.layout import dense_to_block_mask
 from dendritic.masks import block_token_counts, safety_floor
 from dendritic.policies import PolicyContext, _cut
@@ -40,8 +40,7 @@ def _fused_raw(attn, x, pad, budgets, temperature=1.0):
     gate_params = [gate.norm.weight, gate.norm.bias, gate.mlp[0].weight, gate.mlp[0].bias, gate.mlp[2].weight,
                    gate.mlp[2].bias] if cfg.gating else None
     return _extension().learned_policy(
-        x, pad, scorer.q_features.weight, scorer.q_features.bias, scorer.k_features.weight, scorer.k_features.bias,
-        scorer.num_heads, scorer.rank, float(scorer.scale), gate_params, float(gate.norm.eps), float(gate.max_shift),
+        x, pad, *scorer_weights(scorer), scorer.num_heads, scorer.rank, float(scorer.scale), gate_params, float(gate.norm.eps), float(gate.max_shift),
         attn.perforation.offset, budgets, attn.block_size, cfg.dense_cls_row, temperature)
 
 
@@ -82,6 +81,50 @@ def test_fused_policy_equals_the_python_modules(n, B, block, gating, dense_cls_r
         ref_kvn, ref_kvi = dense_to_block_mask(ref.hard)
         assert torch.equal(kvn, ref_kvn) and torch.equal(kvi, ref_kvi)
         torch.testing.assert_close(keep_fraction, ref.keep_fraction, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,block,scorer", [(64, 1, "zero"), (300, 2, "zero"), (512, 4, "random"), (700, 3, "coarse")])
+def test_order_statistic_with_ties_and_long_rows(n, block, scorer):
+    """The budget's order statistic (a radix selection in C++) on what the hypothesis test rarely draws: many equal
+    log masses (a zero scorer: every score ties; a coarse one: few distinct values) and long rows (up to 233 blocks,
+    ~54 000 candidates a head, several radix passes) — decisions exactly the Python unit's given the fused floats."""
+    model = _model(block, True, True, n)
+    attn = model.dendritic_layers()[0]
+    with torch.no_grad():
+        if scorer != "random":
+            for lin in (attn.scorer.q_features, attn.scorer.k_features):
+                lin.weight.zero_() if scorer == "zero" else lin.weight.copy_(torch.randn_like(lin.weight).round())
+                lin.bias.zero_()
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(2, n, model.config.hidden_size, generator=g)
+        pad = torch.arange(n)[None, :] < torch.tensor([n, n // 2 + 1])[:, None]
+        budgets = torch.tensor([0.0, 0.3, 0.5, 0.97])
+        hard, kvn, kvi, _, _, sparsity, log_mass, shift = _fused_raw(attn, x, pad, budgets)
+        ref = _cut(attn, _python_context(attn, x, pad, budgets), log_mass, shift, relaxed=False)
+    if scorer == "zero":
+        assert log_mass[0, 0, 1].unique().numel() <= 2  # really ties (full blocks and the partial last one)
+    assert torch.equal(hard, ref.hard) and torch.equal(sparsity, ref.block_sparsity)
+    assert torch.equal((kvn, kvi)[0], dense_to_block_mask(ref.hard)[0])
+
+
+def test_scorer_weight_cache_follows_the_parameters():
+    """The fused call's merged scorer weight is cached per parameter version: an in-place update (an optimiser
+    step, load_state_dict) must reach the next call, or the fused policy would decide with stale weights."""
+    model = _model(4, True, True, 3)
+    ids = torch.randint(0, 500, (2, 40))
+    with torch.no_grad():
+        before = model(ids, output_block_masks=True, attention_backend="reference").block_masks
+        torch.manual_seed(4)
+        for attn in model.dendritic_layers():
+            for lin in (attn.scorer.q_features, attn.scorer.k_features):
+                lin.weight.normal_(0, 1.0)
+        model.set_fused_policy(True)
+        fused = model(ids, output_block_masks=True, attention_backend="reference")
+        model.set_fused_policy(False)
+        python = model(ids, output_block_masks=True, attention_backend="reference")
+    assert fused.policy_impl[0] == "fused"
+    assert all(torch.equal(a, b) for a, b in zip(fused.block_masks, python.block_masks))
+    assert any(not torch.equal(a, b) for a, b in zip(fused.block_masks, before))  # the change did matter
 
 
 @pytest.mark.parametrize("block,gating,dense_cls_row", [(1, True, True), (2, False, True), (4, True, False),

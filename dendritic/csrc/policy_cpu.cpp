@@ -1,14 +1,15 @@
 // The learned policy's inference forward in one C++ call: block pooling, scorer, log block mass, gate, the
 // input-dependent threshold, hard mask, the kernels' compact layout and the per-input statistics.  It is the same
 // function as the Python modules (dendritic/scoring.py, gating.py, perforation.py, masks.py, kernels/layout.py)
-// evaluated with hard masks, written as plain loops so that a layer costs a handful of ATen dispatches (the two
-// scorer GEMMs and the output allocations) instead of ~60 — at GLUE lengths the dispatches, not the arithmetic,
-// were the policy's cost.
+// evaluated with hard masks, written as plain loops so that a layer costs a handful of ATen dispatches (one scorer
+// GEMM, log_softmax / exp / sigmoid over the block scores, the output allocations) instead of ~60 — at GLUE lengths
+// the dispatches, not the arithmetic, were the policy's cost.  The elementwise hot loops are compiled per ISA
+// (AVX-512 / AVX2 / baseline, picked at load time) and the order statistic is a radix selection.
 //
 //   * The floating-point part (pooling, scorer features, scores, log block mass, gate features, LayerNorm, MLP,
 //     tanh) follows the Python expressions term by term but not ATen's reduction order, so its values agree with
 //     the Python path to float rounding (~1e-6 relative), not bit for bit.
-//   * The discrete part — the anchor threshold (the budget's order statistic: nth_element instead of a full
+//   * The discrete part — the anchor threshold (the budget's order statistic: a radix selection instead of a full
 //     sort), the comparison, the safety floor, the compaction into kv_num_blocks / kv_indices and the block counts
 //     — computes each float exactly as the Python expression does (fp32, no FMA contraction: this file is
 //     compiled with -ffp-contract=off), so GIVEN the same log mass and shift it makes exactly the Python path's
@@ -23,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -35,6 +37,149 @@ constexpr float kBig = 1e4f;  // perforation._BIG: log-mass values are clamped t
 // t as contiguous fp32 — without an ATen dispatch when it already is (the parameters always are).
 at::Tensor as_float(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
+}
+
+// Order-preserving map of a float to uint32 (a < b as floats ⇔ key(a) < key(b) for non-NaN values; −0 sorts just
+// below +0, which compare equal as floats — a threshold built from either is the same number) and back.
+inline uint32_t order_key(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline float key_value(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// The k-th largest key (1 ≤ k ≤ keys.size()) by radix selection: the digits start at the highest bit in which the
+// keys differ (a layer's log masses share their sign and leading exponent bits), each pass histograms the
+// survivors' next 8 bits, keeps the bucket holding the k-th largest and filters the survivors into it — O(m) with
+// one or two full passes (the policy's order statistic; nth_element on the same values cost a third of the policy
+// at GLUE lengths).
+uint32_t kth_largest(const std::vector<uint32_t>& keys, int64_t k, std::vector<uint32_t>& survivors,
+                     std::vector<uint32_t>& next) {
+  const uint32_t* cur = keys.data();
+  int64_t m = static_cast<int64_t>(keys.size());
+  uint32_t lo = cur[0], hi = cur[0];
+  for (int64_t i = 1; i < m; ++i) lo = std::min(lo, cur[i]), hi = std::max(hi, cur[i]);
+  if (lo == hi) return lo;
+  int top = 31;  // the highest bit in which the keys differ
+  while (!(((lo ^ hi) >> top) & 1u)) --top;
+  uint32_t prefix = hi & ~((top == 31) ? 0xffffffffu : ((2u << top) - 1u));  // the shared leading bits
+  for (int shift = std::max(top - 7, 0);; shift = std::max(shift - 8, 0)) {
+    uint32_t hist[256] = {0};
+    for (int64_t i = 0; i < m; ++i) ++hist[(cur[i] >> shift) & 255u];
+    int d = 255;
+    for (; d > 0 && k > static_cast<int64_t>(hist[d]); --d) k -= hist[d];
+    prefix |= static_cast<uint32_t>(d) << shift;
+    if (shift == 0) return prefix;
+    if (static_cast<int64_t>(hist[d]) == m) continue;  // every survivor in this bucket: no filtering
+    next.clear();
+    for (int64_t i = 0; i < m; ++i)
+      if (((cur[i] >> shift) & 255u) == static_cast<uint32_t>(d)) next.push_back(cur[i]);
+    survivors.swap(next);
+    cur = survivors.data();
+    m = static_cast<int64_t>(survivors.size());
+    if (m == 1 || std::all_of(cur, cur + m, [&](uint32_t v) { return v == cur[0]; })) return cur[0];
+  }
+}
+
+// The largest key below `upper` (the (k+1)-th largest when only k keys are ≥ upper), or upper itself when more than
+// k keys are ≥ upper (ties).
+uint32_t next_largest(const std::vector<uint32_t>& keys, uint32_t upper, int64_t k) {
+  int64_t at_least = 0;
+  uint32_t below = 0;
+  for (const uint32_t v : keys) {
+    at_least += v >= upper;
+    below = std::max(below, v < upper ? v : 0u);
+  }
+  return at_least > k ? upper : below;
+}
+
+// The elementwise hot loops, compiled for AVX-512, AVX2 and baseline x86-64 with the variant picked at load time
+// (GCC/Clang function multi-versioning): wider vectors, the same IEEE operations — no FMA contraction
+// (-ffp-contract=off), so every value is the one the baseline build computes.  Other targets: one plain build.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
+#define DENDRITIC_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DENDRITIC_ISA_CLONES
+#endif
+
+// One key block's pooling: out = Σ of its real tokens (then the caller divides), and each real token's norm
+// (32 partial sums: vectorisable; ATen's reduction order differs too, so this agrees with it to rounding).
+DENDRITIC_ISA_CLONES
+float pool_block(const float* xp, const bool* kp, int64_t t0, int64_t t1, int64_t C, float* out, float* norms) {
+  std::fill(out, out + C, 0.0f);
+  float c = 0.0f;
+  for (int64_t t = t0; t < t1; ++t) {
+    if (!kp[t]) continue;
+    c += 1.0f;
+    const float* xt = xp + t * C;
+    for (int64_t k = 0; k < C; ++k) out[k] += xt[k];
+    if (norms != nullptr) {
+      float sq[32] = {0.0f};
+      int64_t k = 0;
+      for (; k + 32 <= C; k += 32)
+        for (int u = 0; u < 32; ++u) sq[u] += xt[k + u] * xt[k + u];
+      for (; k < C; ++k) sq[k % 32] += xt[k] * xt[k];
+      for (int w = 16; w > 0; w /= 2)  // pairwise
+        for (int u = 0; u < w; ++u) sq[u] += sq[u + w];
+      norms[t] = std::sqrt(sq[0]);
+    }
+  }
+  return c;
+}
+
+// One head's block scores: row i = clamp(<fq_i, fk_·> · scale, ±1e4) + log count of key block, −inf on padded key
+// blocks.  kT is the head's key features transposed, (r, nb); q rows have stride q_stride.
+DENDRITIC_ISA_CLONES
+void score_head(const float* q, int64_t q_stride, const float* kT, int64_t r, int64_t nb, float scale,
+                const float* counts, const float* log_counts, float* out) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < nb; ++i) {
+    float* row = out + i * nb;
+    const float* qi = q + i * q_stride;
+    std::fill(row, row + nb, 0.0f);
+    for (int64_t k = 0; k < r; ++k) {
+      const float qk = qi[k];
+      const float* kk = kT + k * nb;
+      for (int64_t j = 0; j < nb; ++j) row[j] += qk * kk[j];
+    }
+    for (int64_t j = 0; j < nb; ++j)
+      row[j] = counts[j] == 0.0f ? neg_inf : std::min(std::max(row[j] * scale, -1e4f), 1e4f) + log_counts[j];
+  }
+}
+
+// One head's hard mask [z > 0] ∪ floor (z = clamp(ℓ, ±BIG) − θ on the candidates), z / T of the candidates (−inf
+// elsewhere: σ of it is the relaxed keep), and the compact layout — kept key blocks first, then the skipped ones,
+// each ascending (layout.py) — branch-free.  Returns the number of kept blocks.
+DENDRITIC_ISA_CLONES
+int64_t mask_head(const float* L, const uint8_t* is_floor, const uint8_t* is_cand, int64_t nb, float theta, float T,
+                  bool* hard, float* Z, int32_t* counts, int32_t* idx, int32_t* tail) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  int64_t kept = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    const int64_t o = i * nb;
+    for (int64_t j = 0; j < nb; ++j) {
+      const float z = std::min(std::max(L[o + j], -kBig), kBig) - theta;
+      hard[o + j] = is_floor[o + j] | (is_cand[o + j] & (z > 0.0f));
+      Z[o + j] = is_cand[o + j] ? z / T : neg_inf;
+    }
+    int32_t* row = idx + o;
+    int32_t k = 0, s = 0;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int32_t keep = hard[o + j];
+      row[k] = static_cast<int32_t>(j);
+      tail[s] = static_cast<int32_t>(j);
+      k += keep, s += 1 - keep;
+    }
+    std::copy(tail, tail + s, row + k);
+    counts[i] = k;
+    kept += k;
+  }
+  return kept;
 }
 
 struct Gate {
@@ -87,8 +232,8 @@ void gate_shift(const float* token_norms, const float* real_sum, const bool* rea
 }
 
 std::vector<at::Tensor> learned_policy(
-    const at::Tensor& x_in, const at::Tensor& key_padding_in, const at::Tensor& wq, const at::Tensor& bq,
-    const at::Tensor& wk, const at::Tensor& bk, int64_t num_heads, int64_t rank, double scale,
+    const at::Tensor& x_in, const at::Tensor& key_padding_in, const at::Tensor& w_qk, const at::Tensor& b_qk,
+    int64_t num_heads, int64_t rank, double scale,
     const c10::optional<std::vector<at::Tensor>>& gate, double ln_eps, double max_shift, const at::Tensor& offset,
     const at::Tensor& budgets, int64_t block_size, bool dense_cls_row, double temperature) {
   TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() == 3 && x_in.scalar_type() == at::kFloat,
@@ -99,60 +244,61 @@ std::vector<at::Tensor> learned_policy(
   const int64_t B = x.size(0), n = x.size(1), C = x.size(2), H = num_heads, r = rank, b = block_size;
   const int64_t nb = (n + b - 1) / b, R = H * r;
   TORCH_CHECK(budgets.numel() == H && offset.numel() == H, "budgets and offset must have one entry per head");
-  TORCH_CHECK(wq.size(0) == R && wk.size(0) == R && wq.size(1) == C, "scorer weights must be (H * rank, d)");
+  TORCH_CHECK(w_qk.dim() == 2 && w_qk.size(0) == C && w_qk.size(1) == 2 * R && b_qk.numel() == 2 * R,
+              "scorer weights must be [W_q; W_k]^T, (d, 2 * H * rank), and their bias (2 * H * rank)");
   auto opts = at::TensorOptions().device(at::kCPU);
   const float* xp = x.data_ptr<float>();
   const bool* kp = key_padding.data_ptr<bool>();
 
   // -- block pooling (scoring.pool_blocks): mean of each block's real tokens, real-token counts ---------------
+  // The same pass keeps what the gate needs from the tokens: each real token's norm and, per block, the sum of its
+  // real tokens (their total over blocks is Σ_t x_t, the gate's mean hidden state times the length).
   auto counts_t = at::empty({B, nb}, opts.dtype(at::kFloat));
   auto pooled = at::empty({B * nb, C}, opts.dtype(at::kFloat));
   float* cnt = counts_t.data_ptr<float>();
   float* pp = pooled.data_ptr<float>();
+  const bool gated = gate.has_value();
+  std::vector<float> token_norms(gated ? B * n : 0), block_sums(gated ? B * nb * C : 0);
   at::parallel_for(0, B * nb, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t bj = lo; bj < hi; ++bj) {
       const int64_t bi = bj / nb, j = bj % nb;
       float* out = pp + bj * C;
-      std::fill(out, out + C, 0.0f);
-      float c = 0.0f;
-      for (int64_t t = j * b; t < std::min(n, (j + 1) * b); ++t)
-        if (kp[bi * n + t]) {
-          c += 1.0f;
-          const float* xt = xp + (bi * n + t) * C;
-          for (int64_t k = 0; k < C; ++k) out[k] += xt[k];
-        }
+      const float c = pool_block(xp + bi * n * C, kp + bi * n, j * b, std::min(n, (j + 1) * b), C, out,
+                                 gated ? token_norms.data() + bi * n : nullptr);
       cnt[bj] = c;
+      if (gated) std::copy(out, out + C, block_sums.begin() + bj * C);
       const float div = std::max(c, 1.0f);
       for (int64_t k = 0; k < C; ++k) out[k] /= div;
     }
   });
 
   // -- scorer features: the two low-rank projections (the only GEMMs) ------------------------------------------
-  const auto fq_t = at::addmm(bq, pooled, wq.t());  // (B * nb, H * r), contiguous
-  const auto fk_t = at::addmm(bk, pooled, wk.t());
-  TORCH_CHECK(fq_t.is_contiguous() && fk_t.is_contiguous());
+  // One GEMM for both: [fq | fk] = pooled · [W_q; W_k]^T + [b_q; b_k], the weight pre-transposed to (d, 2·H·r) by
+  // the caller (cached per parameter version: fused_policy.py) — a third cheaper than two addmm on W^T views.
+  const auto fqk_t = at::addmm(as_float(b_qk), pooled, as_float(w_qk));  // (B * nb, 2 * H * r), contiguous
+  TORCH_CHECK(fqk_t.is_contiguous());
 
   // -- scores and log block mass (scoring.block_log_mass), row entropies for the gate ---------------------------
-  // Scores by one batched GEMM (as the Python scorer: (B, H, nb, r) @ (B, H, r, nb), then the scale); the clamp,
-  // the log-count term and the padding mask in one loop; the transcendental work in two vectorised ATen calls
-  // (log_softmax, exp) over the whole (B, H, nb, nb) tensor — per element ~10x cheaper than libm calls.
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+  // s_ij = <fq_i, fk_j> · scale per head (the Python scorer's (B, H, nb, r) @ (B, H, r, nb)), clamped, plus the
+  // log real-token count of key block j, −inf on padded key blocks — one loop, vectorised over j (the key features
+  // transposed to (B, H, r, nb) first).  The transcendental work is two vectorised ATen calls (log_softmax, exp)
+  // over the whole (B, H, nb, nb) tensor — per element ~10x cheaper than libm calls.
   std::vector<float> log_counts(B * nb);
   for (int64_t bj = 0; bj < B * nb; ++bj) log_counts[bj] = std::log(std::max(cnt[bj], 1.0f));
-  auto scores = at::matmul(fq_t.view({B, nb, H, r}).transpose(1, 2), fk_t.view({B, nb, H, r}).permute({0, 2, 3, 1}))
-                    .contiguous();  // (B, H, nb, nb)
+  const float* fq = fqk_t.data_ptr<float>();  // row stride 2R: fq at column 0, fk at column R
+  const float* fk = fq + R;
+  std::vector<float> fkT(B * R * nb);  // (B, H, r, nb)
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t j = 0; j < nb; ++j)
+      for (int64_t c = 0; c < R; ++c) fkT[(bi * R + c) * nb + j] = fk[(bi * nb + j) * 2 * R + c];
+  auto scores = at::empty({B, H, nb, nb}, opts.dtype(at::kFloat));
   float* sp = scores.data_ptr<float>();
   const float sc = static_cast<float>(scale);
   at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t bh = lo; bh < hi; ++bh) {
-      const int64_t bi = bh / H;
-      const float* c = cnt + bi * nb;
-      const float* lc = log_counts.data() + bi * nb;
-      for (int64_t i = 0; i < nb; ++i) {
-        float* row = sp + (bh * nb + i) * nb;
-        for (int64_t j = 0; j < nb; ++j)
-          row[j] = c[j] == 0.0f ? neg_inf : std::min(std::max(row[j] * sc, -1e4f), 1e4f) + lc[j];
-      }
+      const int64_t bi = bh / H, h = bh % H;
+      score_head(fq + bi * nb * 2 * R + h * r, 2 * R, fkT.data() + (bi * R + h * r) * nb, r, nb, sc, cnt + bi * nb,
+                 log_counts.data() + bi * nb, sp + bh * nb * nb);
     }
   });
   auto log_mass = at::log_softmax(scores, -1);  // block 0 is always real: every row has a finite entry
@@ -185,10 +331,14 @@ std::vector<at::Tensor> learned_policy(
                  static_cast<float>(max_shift)};
     shift = at::empty({B, H}, opts.dtype(at::kFloat));
     float* shw = shift.data_ptr<float>();
-    const auto token_norms = at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/false);              // (B, n)
-    const auto real_sum = at::bmm(key_padding.to(at::kFloat).unsqueeze(1), x).contiguous();      // (B, 1, C)
-    const float* tn = token_norms.data_ptr<float>();
-    const float* rs = real_sum.data_ptr<float>();
+    std::vector<float> real_sum(B * C, 0.0f);  // Σ over real tokens of x_t, from the block sums
+    for (int64_t bi = 0; bi < B; ++bi)
+      for (int64_t j = 0; j < nb; ++j) {
+        const float* bs = block_sums.data() + (bi * nb + j) * C;
+        for (int64_t k = 0; k < C; ++k) real_sum[bi * C + k] += bs[k];
+      }
+    const float* tn = token_norms.data();
+    const float* rs = real_sum.data();
     at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
       std::vector<float> f, h1;
       for (int64_t bi = lo; bi < hi; ++bi)
@@ -218,67 +368,58 @@ std::vector<at::Tensor> learned_policy(
   int64_t* kb = kept_blocks.data_ptr<int64_t>();
   const float T = static_cast<float>(temperature);
 
+  // Per input (shared by its heads): which pairs are real, floor (diagonal, [CLS] key column, optional [CLS] row)
+  // or candidates, and how many.
+  std::vector<uint8_t> floor_b(B * nb * nb), cand_b(B * nb * nb);
+  std::vector<int64_t> n_real_b(B), n_floor_b(B);
+  for (int64_t bi = 0; bi < B; ++bi) {
+    const float* c = cnt + bi * nb;
+    int64_t n_real = 0, n_floor = 0;
+    for (int64_t i = 0; i < nb; ++i)
+      for (int64_t j = 0; j < nb; ++j) {
+        const bool real = c[i] > 0 && c[j] > 0;
+        const bool fl = real && (i == j || j == 0 || (dense_cls_row && i == 0));
+        floor_b[(bi * nb + i) * nb + j] = fl;
+        cand_b[(bi * nb + i) * nb + j] = real && !fl;
+        n_real += real, n_floor += fl;
+      }
+    n_real_b[bi] = n_real, n_floor_b[bi] = n_floor;
+  }
+
   at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> cand;
-    std::vector<uint8_t> is_floor(nb * nb), is_cand(nb * nb);
+    std::vector<uint32_t> keys, survivors, next;
+    std::vector<int32_t> tail(nb);
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t bi = bh / H, h = bh % H;
-      const float* c = cnt + bi * nb;
-      // pair_real, floor and candidates of this input (the floor: diagonal, [CLS] key column, optional [CLS] row)
-      int64_t n_real = 0, n_floor = 0;
-      cand.clear();
+      const uint8_t* is_floor = floor_b.data() + bi * nb * nb;
+      const uint8_t* is_cand = cand_b.data() + bi * nb * nb;
       const float* L = lm + bh * nb * nb;
-      for (int64_t i = 0; i < nb; ++i)
-        for (int64_t j = 0; j < nb; ++j) {
-          const bool real = c[i] > 0 && c[j] > 0;
-          const bool fl = real && (i == j || j == 0 || (dense_cls_row && i == 0));
-          is_floor[i * nb + j] = fl;
-          is_cand[i * nb + j] = real && !fl;
-          n_real += real, n_floor += fl;
-          if (real && !fl) cand.push_back(std::min(std::max(L[i * nb + j], -kBig), kBig));
-        }
-      const int64_t m = static_cast<int64_t>(cand.size());
-      const float nr = static_cast<float>(n_real), nf = static_cast<float>(n_floor);
+      // the candidates' clamped log mass, as order-preserving keys
+      keys.resize(nb * nb);
+      int64_t m = 0;
+      for (int64_t p = 0; p < nb * nb; ++p) {  // branch-free gather
+        keys[m] = order_key(std::min(std::max(L[p], -kBig), kBig));
+        m += is_cand[p];
+      }
+      keys.resize(m);
+      const float nr = static_cast<float>(n_real_b[bi]), nf = static_cast<float>(n_floor_b[bi]);
       // perforation: want = round((1 - s) · n_real) − n_floor, n_keep = min(max(want, 0), n_cand)
       const float want = std::nearbyint((1.0f - budp[h]) * nr) - nf;
       const int64_t n_keep = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(std::max(want, 0.0f)), 0), m);
       // _anchor_threshold: midway between the n_keep-th and (n_keep+1)-th largest candidate (sentinels ±2·BIG)
       float upper = 2 * kBig, lower = -2 * kBig;
       if (n_keep > 0) {
-        std::nth_element(cand.begin(), cand.begin() + (n_keep - 1), cand.end(), std::greater<float>());
-        upper = cand[n_keep - 1];
+        const uint32_t up = kth_largest(keys, n_keep, survivors, next);
+        upper = key_value(up);
+        if (n_keep < m) lower = key_value(next_largest(keys, up, n_keep));
+      } else if (m > 0) {
+        lower = key_value(*std::max_element(keys.begin(), keys.end()));
       }
-      if (n_keep < m)  // after the partition above, the (n_keep+1)-th largest is the largest of the rest
-        lower = *std::max_element(cand.begin() + n_keep, cand.end());
       float theta = (upper + lower) / 2.0f;
       theta = theta + offp[h];
       if (shp) theta = theta + shp[bh];
-      // hard mask [z > 0] ∪ floor over real pairs; relaxed keep fraction σ(z / T) (floor counts 1)
-      bool* Hm = hp + bh * nb * nb;
-      int32_t* cnt_row = nkb + bh * nb;
-      int32_t* idx = kvi + bh * nb * nb;
-      int64_t kept = 0;
-      float* Z = zb + bh * nb * nb;
-      for (int64_t i = 0; i < nb; ++i) {
-        int32_t* row = idx + i * nb;
-        int32_t k = 0;
-        for (int64_t j = 0; j < nb; ++j) {
-          const int64_t p = i * nb + j;
-          bool keep = is_floor[p];
-          Z[p] = -std::numeric_limits<float>::infinity();
-          if (is_cand[p]) {
-            const float z = std::min(std::max(L[p], -kBig), kBig) - theta;
-            keep = z > 0.0f;
-            Z[p] = z / T;
-          }
-          Hm[p] = keep;
-          if (keep) row[k++] = static_cast<int32_t>(j);
-        }
-        cnt_row[i] = k;
-        kept += k;
-        for (int64_t j = 0, s = k; j < nb; ++j)  // the skipped blocks fill the tail, ascending (layout.py)
-          if (!Hm[i * nb + j]) row[s++] = static_cast<int32_t>(j);
-      }
+      const int64_t kept = mask_head(L, is_floor, is_cand, nb, theta, T, hp + bh * nb * nb, zb + bh * nb * nb,
+                                     nkb + bh * nb, kvi + bh * nb * nb, tail.data());
       const float denom = std::max(nr, 1.0f);
       kf[bh] = nf;  // the floor counts 1 per pair; the candidates' σ(z / T) are added below
       tk[bh] = std::max(1.0f - budp[h], nf / denom);
@@ -319,7 +460,7 @@ std::vector<at::Tensor> learned_policy(
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("learned_policy", &dendritic::learned_policy,
         "the learned policy's inference forward (see dendritic/fused_policy.py)", py::arg("x"), py::arg("key_padding"),
-        py::arg("wq"), py::arg("bq"), py::arg("wk"), py::arg("bk"), py::arg("num_heads"), py::arg("rank"),
+        py::arg("w_qk"), py::arg("b_qk"), py::arg("num_heads"), py::arg("rank"),
         py::arg("scale"), py::arg("gate"), py::arg("ln_eps"), py::arg("max_shift"), py::arg("offset"),
         py::arg("budgets"), py::arg("block_size"), py::arg("dense_cls_row"), py::arg("temperature"));
 }
