@@ -183,4 +183,6 @@ def test_policy_cost_script(tmp_path):
         assert min(r["policy_ms"], r["policy_python_ms"], r["dense_forward_ms"], r["dense_attention_ms"]) > 0
         assert r["policy_share_of_forward"] == pytest.approx(r["policy_ms"] / r["dense_forward_ms"])
         assert r["policy_share_of_attention"] == pytest.approx(r["policy_ms"] / r["dense_attention_ms"])
+        assert r["forward_ratio_vs_sdpa"] == pytest.approx(r["dendritic_forward_ms"] / r["dense_forward_ms"])
+        assert r["attention_path"] and set(r["attention_path"]) <= {"cpu", "masked_sdpa", "sdpa", "reference"}
         assert 0.0 < r["achieved_sparsity"] < 1.0

@@ -157,7 +157,8 @@ def build_fixtures(root: Path) -> None:
     cost = [{"model": "minilm-l6", "n": n, "block_size": b, "batch": 1, "layers": 6, "achieved_sparsity": 0.5,
              "rounds": 3, "policy_impl": "fused", "policy_ms": 0.02 * n, "policy_python_ms": 0.05 * n,
              "dense_forward_ms": n / 5, "dense_attention_ms": n / 20, "policy_share_of_forward": 0.1,
-             "policy_share_of_attention": 0.4, "python_over_fused": 2.5} for n, b in ((128, 4), (512, 64))]
+             "policy_share_of_attention": 0.4, "python_over_fused": 2.5, "dendritic_forward_ms": n / 4,
+             "forward_ratio_vs_sdpa": 1.25, "attention_path": ["cpu"]} for n, b in ((128, 4), (512, 64))]
     _write(root / "latency" / "policy_cost.json", {"rows": cost, "provenance": {"cpu": "synthetic", "threads": 2,
                                                                                   "loadavg_start": [0.1, 0.1, 0.1]}})
 
@@ -350,6 +351,7 @@ def test_policy_cost_table_states_the_goal_per_regime(two_runs):
     assert "n ≤ 128: worst 10.0 % of the dense forward" in table
     assert "n ≥ 512: worst 40.0 % of dense attention (n = 512, block 64" in table
     assert "| 128 | 4 | 1 | fused |" in table
+    assert "whole forward: worst x1.25 of dense SDPA" in table and "| 1.250 | cpu |" in table
 
 
 def test_glue_latency_rows_have_their_own_table(two_runs):

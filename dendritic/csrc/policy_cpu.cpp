@@ -34,6 +34,13 @@ namespace {
 
 constexpr float kBig = 1e4f;  // perforation._BIG: log-mass values are clamped to ±kBig
 
+// Items per thread for at::parallel_for, from each item's work (~elements touched): below ~32k elements of work a
+// loop runs inline on the calling thread (ATen's own GRAIN_SIZE) — at GLUE lengths waking a second thread for each
+// of the policy's six short loops cost more than the loops (measured: 2 threads slower than 1).
+inline int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(work_per_item, 1));
+}
+
 // t as contiguous fp32 — without an ATen dispatch when it already is (the parameters always are).
 at::Tensor as_float(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
@@ -182,6 +189,24 @@ int64_t mask_head(const float* L, const uint8_t* is_floor, const uint8_t* is_can
   return kept;
 }
 
+// Σ_e a_e · max(b_e, −1e4) (b = nullptr: Σ_e a_e) over m floats, in double with 8 partial sums — the entropy and
+// relaxed-keep reductions over every block pair of a head (one serial double chain was ~15 % of the policy).
+DENDRITIC_ISA_CLONES
+double sum_products(const float* a, const float* b, int64_t m) {
+  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  int64_t e = 0;
+  if (b != nullptr) {
+    for (; e + 8 <= m; e += 8)
+      for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(a[e + u]) * std::max(b[e + u], -1e4f);
+    for (; e < m; ++e) acc[0] += static_cast<double>(a[e]) * std::max(b[e], -1e4f);
+  } else {
+    for (; e + 8 <= m; e += 8)
+      for (int u = 0; u < 8; ++u) acc[u] += a[e + u];
+    for (; e < m; ++e) acc[0] += a[e];
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 struct Gate {
   const float *ln_w, *ln_b, *w1, *b1, *w2, *b2;
   int64_t hidden;  // the MLP's hidden width
@@ -259,7 +284,7 @@ std::vector<at::Tensor> learned_policy(
   float* pp = pooled.data_ptr<float>();
   const bool gated = gate.has_value();
   std::vector<float> token_norms(gated ? B * n : 0), block_sums(gated ? B * nb * C : 0);
-  at::parallel_for(0, B * nb, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B * nb, grain(2 * b * C), [&](int64_t lo, int64_t hi) {
     for (int64_t bj = lo; bj < hi; ++bj) {
       const int64_t bi = bj / nb, j = bj % nb;
       float* out = pp + bj * C;
@@ -294,7 +319,7 @@ std::vector<at::Tensor> learned_policy(
   auto scores = at::empty({B, H, nb, nb}, opts.dtype(at::kFloat));
   float* sp = scores.data_ptr<float>();
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B * H, grain(nb * nb * (r + 2)), [&](int64_t lo, int64_t hi) {
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t bi = bh / H, h = bh % H;
       score_head(fq + bi * nb * 2 * R + h * r, 2 * R, fkT.data() + (bi * R + h * r) * nb, r, nb, sc, cnt + bi * nb,
@@ -307,11 +332,9 @@ std::vector<at::Tensor> learned_policy(
   if (gate.has_value()) {  // each head's mean row entropy −Σ p·max(ℓ, −1e4), p = exp(ℓ) (0 on padded keys)
     const auto prob = at::exp(log_mass);
     const float* pp2 = prob.data_ptr<float>();
-    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, B * H, grain(4 * nb * nb), [&](int64_t lo, int64_t hi) {
       for (int64_t bh = lo; bh < hi; ++bh) {
-        double ent_sum = 0.0;
-        for (int64_t e = bh * nb * nb; e < (bh + 1) * nb * nb; ++e)
-          ent_sum -= static_cast<double>(pp2[e]) * std::max(lmw[e], -1e4f);
+        const double ent_sum = -sum_products(pp2 + bh * nb * nb, lmw + bh * nb * nb, nb * nb);
         ent_mean[bh] = static_cast<float>(ent_sum / static_cast<double>(nb));
       }
     });
@@ -339,7 +362,7 @@ std::vector<at::Tensor> learned_policy(
       }
     const float* tn = token_norms.data();
     const float* rs = real_sum.data();
-    at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, B, grain(n + (C + 2 + H) * g.hidden), [&](int64_t lo, int64_t hi) {
       std::vector<float> f, h1;
       for (int64_t bi = lo; bi < hi; ++bi)
         gate_shift(tn + bi * n, rs + bi * C, kp + bi * n, n, C, ent_mean.data() + bi * H, H, g, shw + bi * H, f, h1);
@@ -386,7 +409,7 @@ std::vector<at::Tensor> learned_policy(
     n_real_b[bi] = n_real, n_floor_b[bi] = n_floor;
   }
 
-  at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B * H, grain(4 * nb * nb), [&](int64_t lo, int64_t hi) {
     std::vector<uint32_t> keys, survivors, next;
     std::vector<int32_t> tail(nb);
     for (int64_t bh = lo; bh < hi; ++bh) {
@@ -430,10 +453,9 @@ std::vector<at::Tensor> learned_policy(
   // the sigmoids in one vectorised call (σ(−inf) = 0 off the candidates)
   const auto soft = at::sigmoid(zbuf);
   const float* so = soft.data_ptr<float>();
-  at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B * H, grain(4 * nb * nb), [&](int64_t lo, int64_t hi) {
     for (int64_t bh = lo; bh < hi; ++bh) {
-      double acc = kf[bh];
-      for (int64_t e = bh * nb * nb; e < (bh + 1) * nb * nb; ++e) acc += so[e];
+      const double acc = kf[bh] + sum_products(so + bh * nb * nb, nullptr, nb * nb);
       float n_real_b = 0.0f;
       for (int64_t j = 0; j < nb; ++j) n_real_b += cnt[(bh / H) * nb + j] > 0.0f;
       kf[bh] = static_cast<float>(acc) / std::max(n_real_b * n_real_b, 1.0f);

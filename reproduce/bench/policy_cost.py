@@ -10,7 +10,11 @@ sparsity 0.5), timed INTERLEAVED in the same rounds (medians):
 * ``policy_python`` — the same with the fused path off (the Python modules: the specification and training path);
 * ``dense_forward`` — the dense twin (a plain ``transformers.BertModel`` with the same weights) under SDPA;
 * ``dense_attention`` — its attention core alone, ``F.scaled_dot_product_attention`` on (B, H, n, d) with the key
-  padding mask, times the number of layers.
+  padding mask, times the number of layers;
+* ``dendritic_forward`` — the whole DendriticBERT forward as a user runs it (``attention_backend="auto"``: policy,
+  then per layer the block-sparse kernel or masked SDPA, whichever the fitted cost model picks — ``attention_path``
+  records which), same inputs: ``forward_ratio_vs_sdpa`` = dendritic_forward / dense_forward is issue #15's goal 3
+  ("never slower than dense", ≤ 1.05) at these shapes, with random weights and a 0.5 budget (not a trained model).
 
 Rows: ``policy_share_of_forward`` = policy / dense_forward and ``policy_share_of_attention`` = policy /
 dense_attention, the quantities of the goal (≤ 5 % of the forward at n = 128, ≤ 5 % of attention at n ≥ 512).
@@ -88,8 +92,11 @@ def measure(n: int, block_size: int, batch: int, rounds: int) -> dict:
         "policy_python": lambda: policy(False),
         "dense_forward": lambda: twin(input_ids=ids, attention_mask=mask),
         "dense_attention": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask),
+        "dendritic_forward": lambda: model(input_ids=ids, attention_mask=mask),
     }
+    model.set_fused_policy(True)
     fused_out = policy(True)
+    paths = sorted(set(model(input_ids=ids, attention_mask=mask).attention_path))
     if fused_out.impl == "python":  # "floor": the floor keeps every pair and no policy runs (what the model does)
         raise RuntimeError(f"the fused policy did not run at n={n}, block {block_size}")
     times = interleaved(fns, rounds)
@@ -104,6 +111,8 @@ def measure(n: int, block_size: int, batch: int, rounds: int) -> dict:
         "policy_share_of_forward": per_model["policy"] / per_model["dense_forward"],
         "policy_share_of_attention": per_model["policy"] / per_model["dense_attention"],
         "python_over_fused": per_model["policy_python"] / per_model["policy"],
+        "dendritic_forward_ms": per_model["dendritic_forward"], "attention_path": paths,
+        "forward_ratio_vs_sdpa": per_model["dendritic_forward"] / per_model["dense_forward"],
     }
 
 
@@ -127,7 +136,8 @@ def main(argv=None) -> int:
             print(f"[{i + 1}/{len(configs)}] n={n} block={b} B={B}: policy {row['policy_ms']:.2f} ms = "
                   f"{100 * row['policy_share_of_forward']:.1f} % of the dense forward, "
                   f"{100 * row['policy_share_of_attention']:.1f} % of dense attention "
-                  f"(Python modules x{row['python_over_fused']:.1f})", flush=True)
+                  f"(Python modules x{row['python_over_fused']:.1f}); whole forward x{row['forward_ratio_vs_sdpa']:.2f} "
+                  f"of dense SDPA ({'/'.join(row['attention_path'])})", flush=True)
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -265,13 +265,19 @@ def table_policy_cost(out: Output) -> None:
         out.skip(what, "latency/policy_cost.json has no rows")
         return
     cols = ["n", "block_size", "batch", "policy_impl", "achieved_sparsity", "policy_ms", "policy_python_ms",
-            "dense_forward_ms", "dense_attention_ms", "policy_share_of_forward", "policy_share_of_attention"]
+            "dense_forward_ms", "dense_attention_ms", "policy_share_of_forward", "policy_share_of_attention",
+            "forward_ratio_vs_sdpa", "attention_path"]
     header = ["n", "block", "batch", "policy", "block sparsity", "policy ms (all layers)", "Python modules ms",
-              "dense forward ms", "dense attention ms", "policy ÷ forward %", "policy ÷ attention %"]
+              "dense forward ms", "dense attention ms", "policy ÷ forward %", "policy ÷ attention %",
+              "whole forward ÷ dense SDPA", "attention path (auto)"]
 
     def cell(c, v):
+        if v is None:  # files from before the whole-forward column
+            return "–"
         if c.startswith("policy_share"):
             return f"{100 * v:.1f}"
+        if c == "attention_path":
+            return "/".join(v)
         return num(v, 3) if isinstance(v, float) else str(v)
 
     table = [[cell(c, r.get(c)) for c in cols] for r in rows]
@@ -286,10 +292,16 @@ def table_policy_cost(out: Output) -> None:
         w = max(long_rows, key=lambda r: r["policy_share_of_attention"])
         goal.append(f"n ≥ 512: worst {100 * w['policy_share_of_attention']:.1f} % of dense attention (n = {w['n']}, "
                     f"block {w['block_size']}, batch {w['batch']}; goal ≤ 5 %)")
+    whole = [r for r in rows if r.get("forward_ratio_vs_sdpa") is not None]
+    if whole:
+        w = max(whole, key=lambda r: r["forward_ratio_vs_sdpa"])
+        goal.append(f"whole forward: worst x{w['forward_ratio_vs_sdpa']:.2f} of dense SDPA (n = {w['n']}, block "
+                    f"{w['block_size']}, batch {w['batch']}; goal 3 ≤ x1.05)")
     prov = data.get("provenance", {})
     caption = [("Policy cost at inference: scorer + gate + threshold + mask compaction of all layers (the fused "
                 "C++ call the model makes; the Python modules beside it), vs the dense twin's whole forward and its "
-                "attention alone (SDPA), MiniLM-L6 shapes, random weights, target 0.5, interleaved medians."),
+                "attention alone (SDPA), and the whole DendriticBERT forward (attention_backend auto), MiniLM-L6 "
+                "shapes, random weights, target 0.5 (not a trained model), interleaved medians."),
                "Goal (#15): " + ("; ".join(goal) if goal else "no fused rows") + ".",
                "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
     out.table("table_policy_cost", header, table, caption, [path], "policy cost vs the dense forward and attention",
