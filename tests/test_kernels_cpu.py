@@ -318,3 +318,22 @@ def test_auto_dispatch_follows_the_cost_model(monkeypatch):
     assert dispatch.choose_backend("mps", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no sparse kernel there
     # the expected kept share: budgets raised to the floor's share (3 nb - 2 of nb^2 with the dense [CLS] row)
     assert dispatch.expected_keep([0.9, 0.5], 8 * 4, 4, True) == pytest.approx(((22 / 64) + 0.5) / 2)
+
+
+@pytest.mark.parametrize("n,block,padding", [(1, 1, False), (37, 5, True), (64, 1, True), (128, 4, True),
+                                             (130, 64, False), (200, 16, True)])
+def test_masked_sdpa_cpu_mask_builder_equals_the_torch_expression(n, block, padding):
+    """masked_sdpa builds its additive mask in C++ on CPU fp32 and with tensor ops elsewhere (GPU, other dtypes):
+    both give the same 0 / −inf values and the same live query rows, partial last block and padding included."""
+    from dendritic.fused_policy import _extension
+    from dendritic.kernels.masked_sdpa import _additive_mask, _live_rows
+
+    g = torch.Generator().manual_seed(n * 31 + block)
+    B, H, nb = 3, 4, -(-n // block)
+    keep = torch.rand(B, H, nb, nb, generator=g) < 0.4
+    keep[1, 2] = False  # a head with nothing kept: no live row
+    kpm = (torch.arange(n)[None, :] < torch.tensor([n, max(1, n // 2), max(1, n - 3)])[:, None]) if padding else None
+    bias, live = _extension().block_bias(keep, kpm, n, block)
+    assert torch.equal(bias, _additive_mask(keep, kpm, n, block, torch.float32))
+    assert torch.equal(live[..., None], _live_rows(keep, kpm, n, block))
+    assert not live[1, 2].any() and set(bias.unique().tolist()) <= {0.0, float("-inf")}

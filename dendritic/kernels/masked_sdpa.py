@@ -30,6 +30,42 @@ def token_mask(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, *, n: int,
     return tok
 
 
+def _additive_mask(keep: torch.Tensor, key_padding_mask: torch.Tensor | None, n: int, b: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, n, n) float: 0 where query i may attend key j (block pair kept, key j real), −inf elsewhere — built in
+    one pass: the block mask viewed as (B, H, nb, b, nb, 1) selects between the keys' padding bias (B, 1, 1, 1, nb, b)
+    and −inf."""
+    B, H, nb, _ = keep.shape
+    neg_inf = float("-inf")
+    if key_padding_mask is None:
+        pad = torch.zeros((), dtype=dtype, device=keep.device)
+        if nb * b != n:  # the last block's missing tokens: masked like padding
+            pad = torch.zeros(nb * b, dtype=dtype, device=keep.device)
+            pad[n:] = neg_inf
+            pad = pad.view(1, 1, 1, 1, nb, b)
+    else:
+        real = torch.nn.functional.pad(key_padding_mask.bool(), (0, nb * b - n))  # (B, nb·b), False past n
+        pad = torch.zeros(real.shape, dtype=dtype, device=keep.device).masked_fill_(~real, neg_inf)
+        pad = pad.view(B, 1, 1, 1, nb, b)
+    sel = keep[:, :, :, None, :, None].expand(B, H, nb, b, nb, 1)
+    bias = torch.where(sel, pad, neg_inf)
+    if bias.shape[-1] != b:  # no padding tensor and whole blocks: the scalar did not broadcast the key positions
+        bias = bias.expand(B, H, nb, b, nb, b)
+    return bias.reshape(B, H, nb * b, nb * b)[..., :n, :n]
+
+
+def _live_rows(keep: torch.Tensor, key_padding_mask: torch.Tensor | None, n: int, b: int) -> torch.Tensor:
+    """(B, H, n, 1) bool: the query row has a real kept key — made at block level (a query block is live when one of
+    its kept key blocks holds a real key) and expanded, cheaper than scanning the n × n mask at long n."""
+    B, H, nb, _ = keep.shape
+    if key_padding_mask is None:
+        live = keep.any(-1)  # (B, H, nb)
+    else:
+        real = torch.nn.functional.pad(key_padding_mask.bool(), (0, nb * b - n)).view(B, nb, b).any(-1)  # (B, nb)
+        live = (keep & real[:, None, None, :]).any(-1)
+    return live[..., None].expand(B, H, nb, b).reshape(B, H, nb * b)[..., :n, None]
+
+
 def masked_sdpa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -47,26 +83,21 @@ def masked_sdpa_attention(
     of the compact layout — it saves rebuilding it.  Returns (B, H, n, d) in q's dtype.
 
     Few tensor operations on purpose (this path serves short inputs, where each one costs as much as the arithmetic):
-    one token-level keep mask (block mask expanded, padded keys removed; with 1-token blocks it *is* the block mask),
-    one additive bias from it — what SDPA's fused CPU/GPU kernels take without a conversion — and one ``where``."""
+    the additive bias SDPA's fused CPU/GPU kernels take without a conversion — on CPU fp32 made in one C++ pass
+    (``block_bias`` beside the fused policy: building it with tensor ops cost ~0.5 ms a layer at n = 128, more than
+    the attention), elsewhere by one ``where`` that expands block mask and padded keys together — and one ``where``
+    for the rows with no real kept key."""
     n, b = q.shape[-2], block_size
     keep = block_mask if block_mask is not None else block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])
     B, H, nb, _ = keep.shape
-    tok = keep if b == 1 else keep[:, :, :, None, :, None].expand(B, H, nb, b, nb, b).reshape(B, H, nb * b, nb * b)[..., :n, :n]
-    if key_padding_mask is not None:
-        tok = tok & key_padding_mask[:, None, None, :]
-    bias = torch.zeros(tok.shape, dtype=q.dtype, device=q.device).masked_fill_(~tok, float("-inf"))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    # Rows with no real kept key come out of SDPA as NaN: zeros instead.  With 1-token blocks the row test is the
-    # token mask itself; otherwise it is made at block level — a query block is live when one of its kept key
-    # blocks holds a real key — and expanded (cheaper than scanning n × n at long n).
-    if b == 1:
-        rows = tok.any(-1, keepdim=True)  # (B, H, n, 1)
+    if q.device.type == "cpu" and q.dtype == torch.float32 and not torch.compiler.is_compiling():
+        from ..fused_policy import _extension  # the C++ extension beside the fused policy
+
+        bias, live_rows = _extension().block_bias(keep, key_padding_mask, n, b)
+        rows = live_rows[..., None]  # (B, H, n, 1)
     else:
-        if key_padding_mask is None:
-            live = keep.any(-1)  # (B, H, nb)
-        else:
-            real = torch.nn.functional.pad(key_padding_mask, (0, nb * b - n)).view(B, nb, b).any(-1)  # (B, nb)
-            live = (keep & real[:, None, None, :]).any(-1)
-        rows = live[..., None].expand(B, H, nb, b).reshape(B, H, nb * b)[..., :n, None]  # (B, H, n, 1)
+        bias = _additive_mask(keep, key_padding_mask, n, b, q.dtype)
+        rows = _live_rows(keep, key_padding_mask, n, b)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    # Rows with no real kept key come out of SDPA as NaN: zeros instead.
     return torch.where(rows, out, out.new_zeros(()))
