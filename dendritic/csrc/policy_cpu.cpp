@@ -107,8 +107,9 @@ uint32_t next_largest(const std::vector<uint32_t>& keys, uint32_t upper, int64_t
 
 // The elementwise hot loops, compiled for AVX-512, AVX2 and baseline x86-64 with the variant picked at load time
 // (GCC/Clang function multi-versioning): wider vectors, the same IEEE operations — no FMA contraction
-// (-ffp-contract=off), so every value is the one the baseline build computes.  Other targets: one plain build.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
+// (-ffp-contract=off), so every value is the one the baseline build computes.  Other targets (and macOS, which has
+// no ifunc): one plain build.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__INTEL_COMPILER)
 #define DENDRITIC_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DENDRITIC_ISA_CLONES
