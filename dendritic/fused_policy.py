@@ -72,7 +72,9 @@ def scorer_weights(scorer) -> tuple[torch.Tensor, torch.Tensor]:
     moves: an optimiser step, ``load_state_dict``, ``.to()``) — rebuilding the copy every call would cost about what
     the merged GEMM saves.  Inside a ``torch.compile`` trace it is built in the graph."""
     params = (scorer.q_features.weight, scorer.k_features.weight, scorer.q_features.bias, scorer.k_features.bias)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or any(p.is_inference() for p in params):
+        # a trace: built in the graph; inference tensors (parameters made under torch.inference_mode) have no
+        # version counter to key a cache on: built per call
         return torch.cat(params[:2]).t().contiguous(), torch.cat(params[2:])
     key = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in params)
     cached = scorer.__dict__.get("_fused_weights")

@@ -127,6 +127,21 @@ def test_scorer_weight_cache_follows_the_parameters():
     assert any(not torch.equal(a, b) for a, b in zip(fused.block_masks, before))  # the change did matter
 
 
+def test_fused_policy_runs_on_a_model_made_under_inference_mode():
+    """Parameters made under torch.inference_mode are inference tensors, without the version counter the weight
+    cache keys on (the latency benchmark builds its models so): the call builds the merged weight each time and
+    decides as the Python path does."""
+    ids = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        model = _model(4, True, True, 5)
+        assert model.dendritic_layers()[0].scorer.q_features.weight.is_inference()
+        fused = model(ids, output_block_masks=True, attention_backend="reference")
+        model.set_fused_policy(False)
+        python = model(ids, output_block_masks=True, attention_backend="reference")
+    assert fused.policy_impl[0] == "fused" and python.policy_impl[0] == "python"
+    assert all(torch.equal(a, b) for a, b in zip(fused.block_masks, python.block_masks))
+
+
 @pytest.mark.parametrize("block,gating,dense_cls_row", [(1, True, True), (2, False, True), (4, True, False),
                                                          (7, True, True)])
 def test_fused_model_matches_the_python_path(block, gating, dense_cls_row):
