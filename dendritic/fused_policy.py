@@ -10,36 +10,20 @@ exactly given those floats — so a block decision can differ from the Python pa
 rounding of its threshold (``tests/test_policy_fused.py`` checks both halves).  The Python modules stay the
 specification and the training path.
 
-The extension is JIT-built on first use into torch's extension cache (like the ``cpu`` attention backend); a failed
-build raises ``ImportError`` with the compiler output.  :func:`fused_policy_available` says whether a call can use it.
+The extension is JIT-built on first use into torch's extension cache (:mod:`dendritic.kernels.policy_ext`, like the
+``cpu`` attention backend); a failed build raises ``ImportError`` with the compiler output.  :func:`fused_policy_available` says whether a call can use it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from .kernels.policy_ext import policy_extension
 from .perforation import PerforationOutput
 
 __all__ = ["fused_learned_policy", "fused_policy_available", "scorer_weights"]
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "policy_cpu.cpp"
-_ext = None
-
-
-def _extension():
-    global _ext
-    if _ext is None:
-        from torch.utils.cpp_extension import load
-
-        try:
-            _ext = load(name="dendritic_policy_cpu", sources=[str(_SOURCE)],
-                        extra_cflags=["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"],
-                        extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # compiler missing or compile error: the compiler's message, as ImportError
-            raise ImportError(f"building the fused policy extension failed:\n{exc}") from exc
-    return _ext
+_extension = policy_extension  # the loader (kernel layer: masked SDPA uses the same extension)
 
 
 def fused_policy_available(hidden_states: torch.Tensor) -> bool:

@@ -325,7 +325,7 @@ def test_auto_dispatch_follows_the_cost_model(monkeypatch):
 def test_masked_sdpa_cpu_mask_builder_equals_the_torch_expression(n, block, padding):
     """masked_sdpa builds its additive mask in C++ on CPU fp32 and with tensor ops elsewhere (GPU, other dtypes):
     both give the same 0 / −inf values and the same live query rows, partial last block and padding included."""
-    from dendritic.fused_policy import _extension
+    from dendritic.kernels.policy_ext import policy_extension as _extension
     from dendritic.kernels.masked_sdpa import _additive_mask, _live_rows
 
     g = torch.Generator().manual_seed(n * 31 + block)

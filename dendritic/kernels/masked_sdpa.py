@@ -91,9 +91,9 @@ def masked_sdpa_attention(
     keep = block_mask if block_mask is not None else block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])
     B, H, nb, _ = keep.shape
     if q.device.type == "cpu" and q.dtype == torch.float32 and not torch.compiler.is_compiling():
-        from ..fused_policy import _extension  # the C++ extension beside the fused policy
+        from .policy_ext import policy_extension  # the C++ extension beside the fused policy
 
-        bias, live_rows = _extension().block_bias(keep, key_padding_mask, n, b)
+        bias, live_rows = policy_extension().block_bias(keep, key_padding_mask, n, b)
         rows = live_rows[..., None]  # (B, H, n, 1)
     else:
         bias = _additive_mask(keep, key_padding_mask, n, b, q.dtype)
