@@ -11,7 +11,8 @@ rounding of its threshold (``tests/test_policy_fused.py`` checks both halves).  
 specification and the training path.
 
 The extension is JIT-built on first use into torch's extension cache (:mod:`dendritic.kernels.policy_ext`, like the
-``cpu`` attention backend); a failed build raises ``ImportError`` with the compiler output.  :func:`fused_policy_available` says whether a call can use it.
+``cpu`` attention backend); a failed build raises ``ImportError`` with the compiler output.
+:func:`fused_policy_available` says whether a call can use it.
 """
 
 from __future__ import annotations
