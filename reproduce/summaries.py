@@ -317,7 +317,7 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
                              "ratio_vs_same_kernel_dense": t and t.get("ratio_vs_same_kernel_dense"),
                              "attention_share": t and t.get("attention_share"), "amdahl_bound": t and t.get("amdahl_bound"),
                              "latency_sparsity": t and t.get("achieved_sparsity"), "latency_seed": t and t.get("seed"),
-                             "path": t and t.get("path")})
+                             "path": t and t.get("path"), "latency_measured": t and t.get("measured")})
     holdout = [{"name": r["name"].rsplit("-n", 1)[0].removeprefix("holdout-"),
                 "n": r["resolved_config"].get("max_length"), "seed": r["seed"], "metric": r["metric"],
                 "score": r["score"], "majority_score": r["metrics"].get("majority_rate"),

@@ -162,6 +162,19 @@ def build_fixtures(root: Path) -> None:
     _write(root / "latency" / "policy_cost.json", {"rows": cost, "provenance": {"cpu": "synthetic", "threads": 2,
                                                                                   "loadavg_start": [0.1, 0.1, 0.1]}})
 
+    int8 = [{"n": n, "block_size": b, "batch": 1, "achieved_sparsity": 0.5, "sdpa_fp32_ms": n / 5,
+             "sdpa_int8_ms": n / 8, "dendritic_fp32_ms": n / 6, "dendritic_int8_ms": n / 10, "quantisation": 0.625,
+             "sparsity_fp32": 0.83, "sparsity_on_int8": 0.8, "compound": 0.5, "attention_path": ["masked_sdpa"]}
+            for n, b in ((128, 4), (512, 64))]
+    acc = [{"name": "long/sotu_party/n2048-seed0", "metric": "accuracy", "dev_examples": 150,
+            "scores": {"dense_fp32": 0.7, "dense_int8": 0.69, "dendritic_fp32": 0.68, "dendritic_int8": 0.67},
+            "retention_int8": 0.67 / 0.7, "retention_fp32": 0.68 / 0.7,
+            "agreement_with_dense_fp32": {"dense_int8": 0.97, "dendritic_fp32": 0.9, "dendritic_int8": 0.88},
+            "achieved_sparsity": {"dendritic_int8": 0.81}, "fp32_matches_committed": 1.0}]
+    _write(root / "int8" / "summary.json", {
+        "latency": {"rows": int8, "provenance": {"cpu": "synthetic", "threads": 2, "loadavg_start": [0.1, 0.1, 0.1]}},
+        "accuracy": {"rows": acc, "provenance": {"cpu": "synthetic"}}})
+
     kern = [{"B": 1, "H": 12, "n": n, "d": d, "block_size": b, "target_sparsity": s, "achieved_block_sparsity": s,
              "t_sdpa_ms": n / 100, "t_cpu_ms": n / 100 * (1 - s) * 1.2, "t_flex_ms": n / 80,
              "efficiency": 1 / 1.2, "flex_over_cpu": 2.0, "mask_build_ms": 0.01, "mask_build_pct_of_sdpa": 0.1,
@@ -257,7 +270,7 @@ EXPECTED = [
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
     "table_long.md", "table_long.csv", "table_long_mlm.md", "long_latency_vs_retention.png", "table_glue_recipes.md",
-    "table_glue_recipes.csv", "MANIFEST.md",
+    "table_glue_recipes.csv", "table_int8.md", "table_int8.csv", "table_int8_accuracy.md", "MANIFEST.md",
 ]
 
 

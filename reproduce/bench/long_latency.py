@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _measured(prov: dict) -> dict:
+    """Where and under what load a row was timed (rows of several runs share one file)."""
+    return {k: prov.get(k) for k in ("cpu", "threads", "loadavg_start", "created", "git_commit")}
+
+
 def run(plan, lengths: list[int], run_dir: Path, out: Path) -> dict:
     """Measure ``lengths`` of ``plan`` (settings from its ``[latency]`` table) and write ``out``; rows of other
     lengths already in ``out`` are kept."""
@@ -134,15 +139,22 @@ def run(plan, lengths: list[int], run_dir: Path, out: Path) -> dict:
     _register()
     cfg = plan.latency
     torch.set_num_threads(int(cfg.get("threads", torch.get_num_threads())))
-    kept = [r for r in json.loads(out.read_text())["rows"] if r["n"] not in lengths] if out.exists() else []
+    kept = []
+    if out.exists():  # rows of other lengths stay, each with the machine and load it was measured under
+        old = json.loads(out.read_text())
+        kept = [{**r, "measured": r.get("measured") or _measured(old["provenance"])}
+                for r in old["rows"] if r["n"] not in lengths]
     payload = {"rows": kept, "provenance": {**provenance(), "loadavg_start": load_average(),
                                           "threads": torch.get_num_threads(), "settings": cfg}}
     t0 = time.time()
     for n in lengths:
-        payload["rows"] += measure(plan.task, n, run_dir, seed=int(cfg.get("seed", 0)),
-                                   batches=[int(b) for b in cfg.get("batches", [1, 8])],
-                                   rounds=int(cfg.get("rounds", 5)), windows=int(cfg.get("windows", 8)),
-                                   eager_max_gib=float(cfg.get("eager_max_gib", 6.0)))
+        loadavg = load_average()
+        rows = measure(plan.task, n, run_dir, seed=int(cfg.get("seed", 0)),
+                       batches=[int(b) for b in cfg.get("batches", [1, 8])],
+                       rounds=int(cfg.get("rounds", 5)), windows=int(cfg.get("windows", 8)),
+                       eager_max_gib=float(cfg.get("eager_max_gib", 6.0)))
+        payload["rows"] += [{**r, "measured": _measured({**payload["provenance"], "loadavg_start": loadavg})}
+                            for r in rows]
         payload["provenance"].update(loadavg_end=load_average(), wall_s=round(time.time() - t0, 1))
         atomic_write_json(out, payload)
     return payload

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import Output, is_num, load_json, num, require, task_key, task_label
+from .common import Output, is_num, load_json, num, pct, require, task_key, task_label
 
 HIDDEN = {"minilm-l6": 384, "bert-base": 768}
 LATENCY_COLS = ["level", "model", "backend", "n", "batch", "dtype", "block_size", "target_sparsity",
@@ -401,5 +401,66 @@ def table_kernels(out: Output) -> None:
               csv_rows=[[r[c] for c in cols] for r in recs])
 
 
+# -- int8 linear layers with sparse attention (reproduce.bench.int8) --------------------------------------------------------
+def table_int8(out: Output) -> None:
+    """Latency split of int8 linear layers + sparse attention, and the trained models' scores in int8."""
+    what = "int8 tables (table_int8, table_int8_accuracy)"
+    path = out.results / "int8" / "summary.json"
+    if not require(out, what, path):
+        return
+    data = load_json(path)
+    lat = data.get("latency", {})
+    rows = sorted(lat.get("rows", []), key=lambda r: (r["n"], r["batch"]))
+    if not rows:
+        out.skip("int8 latency table (table_int8)", "int8/summary.json has no latency rows")
+    else:
+        cols = ["n", "block_size", "batch", "achieved_sparsity", "sdpa_fp32_ms", "sdpa_int8_ms", "dendritic_fp32_ms",
+                "dendritic_int8_ms", "quantisation", "sparsity_fp32", "sparsity_on_int8", "compound",
+                "attention_path"]
+        header = ["n", "block", "batch", "block sparsity", "SDPA fp32 ms", "SDPA int8 ms", "DendriticBERT fp32 ms",
+                  "DendriticBERT int8 ms", "int8 SDPA ÷ fp32 SDPA", "DendriticBERT fp32 ÷ fp32 SDPA",
+                  "DendriticBERT int8 ÷ int8 SDPA", "DendriticBERT int8 ÷ fp32 SDPA", "attention path"]
+
+        def cell(c, v):
+            if c == "attention_path":
+                return "/".join(v)
+            return num(v, 3) if isinstance(v, float) else str(v)
+
+        best = min(rows, key=lambda r: r["compound"])
+        prov = lat.get("provenance", {})
+        caption = [("int8 dynamic quantisation (torch.ao) of the linear layers, the policy in fp32, combined with "
+                    "sparse attention (attention_backend auto): MiniLM-L6 shapes, random weights, budget 0.5 "
+                    "(not a trained model), interleaved medians; ratios are per-round medians, so the split "
+                    "columns multiply only approximately.  Split of the saving: quantisation = int8 SDPA ÷ fp32 "
+                    "SDPA; sparsity on top = DendriticBERT int8 ÷ int8 SDPA; compound = DendriticBERT int8 ÷ fp32 "
+                    "SDPA."),
+                   f"Best compound: x{best['compound']:.2f} of fp32 SDPA at n = {best['n']}, batch {best['batch']}.",
+                   "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
+        out.table("table_int8", header, [[cell(c, r[c]) for c in cols] for r in rows], caption, [path],
+                  "int8 linear layers + sparse attention: latency split", csv_header=cols,
+                  csv_rows=[[r[c] for c in cols] for r in rows])
+    acc = data.get("accuracy", {})
+    arows = sorted(acc.get("rows", []), key=lambda r: r["name"])
+    if not arows:
+        out.skip("int8 accuracy table (table_int8_accuracy)", "int8/summary.json has no accuracy rows")
+        return
+    header = ["model pair", "metric", "dev examples", "dense fp32", "dense int8", "DendriticBERT fp32",
+              "DendriticBERT int8", "retention int8 (÷ dense fp32)", "retention fp32", "agreement int8 DendriticBERT "
+              "with dense fp32", "block sparsity int8", "fp32 = committed predictions"]
+    table = []
+    for r in arows:
+        s = r["scores"]
+        table.append([r["name"], r["metric"], str(r["dev_examples"]), *(pct(s[k]) for k in
+                      ("dense_fp32", "dense_int8", "dendritic_fp32", "dendritic_int8")),
+                      pct(r["retention_int8"]), pct(r["retention_fp32"]),
+                      pct(r["agreement_with_dense_fp32"]["dendritic_int8"]),
+                      num(r["achieved_sparsity"]["dendritic_int8"], 3), pct(r["fp32_matches_committed"])])
+    caption = [("The trained models of the run folder on their whole dev sets, linear layers in fp32 and in int8 "
+                "(the policy stays fp32); retention = DendriticBERT int8 ÷ dense fp32.  The last column checks the "
+                "harness: fp32 DendriticBERT predictions equal the committed result file's."),
+               "Machine: " + _provenance_line(acc.get("provenance", {})) + "."]
+    out.table("table_int8_accuracy", header, table, caption, [path], "int8 DendriticBERT scores on trained models")
+
+
 FIGURES = [latency_vs_n, speedup_vs_sparsity, policy_overhead, table_latency, table_latency_glue, table_policy_cost,
-           kernel_efficiency, table_kernels]
+           kernel_efficiency, table_kernels, table_int8]

@@ -32,10 +32,18 @@ def _latency_note(data: dict) -> str:
     prov = data.get("latency_provenance") or {}
     if not prov:
         return "Latency: not measured yet (`python -m reproduce.bench.long_latency` on idle cores)."
+    per_n = {r["n"]: r["latency_measured"] for r in data.get("rows", []) if r.get("latency_measured")}
+    if per_n:  # lengths timed in different runs (possibly on different machines): each says where
+        return "Latency: seed-0 models on the first dev windows, interleaved medians; " + "; ".join(
+            f"n = {n}: {_machine(m)}" for n, m in sorted(per_n.items())) + "."
+    return ("Latency: seed-0 models on the first dev windows, interleaved medians; " + _machine(prov) + ".")
+
+
+def _machine(prov: dict) -> str:
     load = prov.get("loadavg_start")
     load_text = f", 1-min load average at start {load[0]:.1f}" if isinstance(load, list) and load else ""
-    return (f"Latency: seed-0 models on the first dev windows, interleaved medians; machine {prov.get('cpu', '?')}, "
-            f"{prov.get('threads', '?')} threads{load_text}, commit {str(prov.get('git_commit', '?'))[:12]}.")
+    return (f"machine {prov.get('cpu', '?')}, {prov.get('threads', '?')} threads{load_text}, "
+            f"commit {str(prov.get('git_commit', '?'))[:12]}")
 
 
 def table_long(out: Output) -> None:
