@@ -146,6 +146,14 @@ def bench_train_step(session: nox.Session) -> None:
 
 
 @nox.session(python=False, default=False)
+def bench_int8(session: nox.Session) -> None:
+    """int8 linear layers + sparse attention: the latency split (idle cores), then the kept trained models in int8."""
+    session.notify("figures", posargs=[])
+    _module(session, "reproduce.bench.int8", "latency")
+    _module(session, "reproduce.bench.int8", "accuracy")
+
+
+@nox.session(python=False, default=False)
 def gpu_check(session: nox.Session) -> None:
     """On any CUDA machine: GPU tests + cupy vs fp64 reference + timing table of the package's backends, one JSON."""
     _result_input(session, "reproduce.bench.gpu_check")

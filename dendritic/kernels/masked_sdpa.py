@@ -15,19 +15,7 @@ import torch.nn.functional as F
 
 from .layout import block_mask_to_dense
 
-__all__ = ["masked_sdpa_attention", "token_mask"]
-
-
-def token_mask(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, *, n: int, block_size: int,
-               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """bool (B, H, n, n): True where query i may attend key j (its block pair is kept and key j is real)."""
-    keep = block_mask_to_dense(kv_num_blocks, kv_indices, kv_indices.shape[-1])  # (B, H, nb, nb)
-    B, H, nb, _ = keep.shape
-    b = block_size
-    tok = keep[:, :, :, None, :, None].expand(B, H, nb, b, nb, b).reshape(B, H, nb * b, nb * b)[..., :n, :n]
-    if key_padding_mask is not None:
-        tok = tok & key_padding_mask[:, None, None, :]
-    return tok
+__all__ = ["masked_sdpa_attention"]
 
 
 def _additive_mask(keep: torch.Tensor, key_padding_mask: torch.Tensor | None, n: int, b: int,
