@@ -121,8 +121,11 @@ def long_latency_vs_retention(out: Output) -> None:
         for r in sorted((r for r in timed if r["batch"] == batch), key=lambda r: r["n"]):
             marker = "o" if r["task"] == "sotu_party" else "s"
             ax.scatter(100 * r["retention"], r["ratio_vs_sdpa"], marker=marker, s=40, zorder=3)
-            ax.annotate(f"n={r['n']}, s={r['achieved_sparsity']:.2f}", (100 * r["retention"], r["ratio_vs_sdpa"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=7)
+            seeds = len(r.get("seeds") or [])
+            ax.annotate(f"n={r['n']}, s={r['achieved_sparsity']:.2f}, {seeds} seed{'s' if seeds != 1 else ''}",
+                        (100 * r["retention"], r["ratio_vs_sdpa"]),
+                        textcoords="offset points", fontsize=7,  # labels of points at the right edge go left
+                        **({"xytext": (-5, 4), "ha": "right"} if r["retention"] >= 0.99 else {"xytext": (5, 4)}))
             if is_num(r.get("amdahl_bound")):
                 ax.plot([100 * r["retention"]] * 2, [r["amdahl_bound"], r["ratio_vs_sdpa"]], color="0.6", lw=0.8,
                         ls=":")
