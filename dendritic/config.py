@@ -70,6 +70,9 @@ class DendriticConfig(BertConfig):
         static_window (`int`, default 1): blocks on each side of the diagonal kept by the "static" policy.
         extended_positions_from (`int` or None): set by ``from_bert(..., max_position_embeddings=N)`` when the
             checkpoint's learned positions were extended to N by copying (Longformer's recipe): how many it had.
+        classifier_pooling (`str`, default "cls"): what the sequence classifier reads — "cls": BERT's pooler
+            (dense + tanh on the [CLS] token); "mean": the mean of the last layer over the valid tokens, the pooling
+            all-MiniLM-L6-v2 was trained with as a sentence encoder (a long-document recipe candidate).
     """
 
     model_type = "dendritic_bert"
@@ -91,6 +94,7 @@ class DendriticConfig(BertConfig):
         policy: str = "learned",
         static_window: int = 1,
         extended_positions_from: int | None = None,
+        classifier_pooling: str = "cls",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +113,7 @@ class DendriticConfig(BertConfig):
         self.policy = policy
         self.static_window = static_window
         self.extended_positions_from = extended_positions_from
+        self.classifier_pooling = classifier_pooling
         self.validate_dendritic()
 
     def validate_dendritic(self) -> None:
@@ -130,6 +135,8 @@ class DendriticConfig(BertConfig):
             raise ValueError(f"gumbel_temperature must be a positive float, got {self.gumbel_temperature!r}")
         if not (isinstance(self.gating_max_shift, (int, float)) and self.gating_max_shift >= 0):
             raise ValueError(f"gating_max_shift must be a float >= 0, got {self.gating_max_shift!r}")
+        if self.classifier_pooling not in ("cls", "mean"):
+            raise ValueError(f"classifier_pooling must be 'cls' or 'mean', got {self.classifier_pooling!r}")
         if self.policy not in ("learned", "random", "static", "training_free"):
             raise ValueError(f"policy must be one of ['learned', 'random', 'static', 'training_free'], got {self.policy!r}")
         if not isinstance(self.static_window, int) or self.static_window < 0:

@@ -417,7 +417,14 @@ class DendriticBertForSequenceClassification(_ClearCheckpointErrors, BertForSequ
                             position_ids=position_ids, inputs_embeds=inputs_embeds,
                             output_block_masks=output_block_masks, attention_backend=attention_backend,
                             policy=policy, **kwargs)
-        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
+        if self.config.classifier_pooling == "mean":  # mean of the last layer over valid tokens (sentence-BERT)
+            hidden = outputs.last_hidden_state  # (B, n, H)
+            valid = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None
+                     else attention_mask.to(hidden.dtype)).unsqueeze(-1)  # (B, n, 1)
+            pooled = (hidden * valid).sum(1) / valid.sum(1).clamp_min(1.0)  # (B, H)
+        else:
+            pooled = outputs.pooler_output  # (B, H): dense + tanh on [CLS]
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
             if self.num_labels == 1:  # regression (STS-B)

@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: the plan's)")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: the plan's)")
     p.add_argument("--variants", nargs="*", default=None, help="glue: dense/dendritic/dsn; ablations: variant names")
-    p.add_argument("--runs", nargs="*", default=None, help="diagnostics, recipes: names of the plan's runs (default: all)")
+    p.add_argument("--runs", nargs="*", default=None, help="diagnostics, recipes, long: names of the plan's runs (default: all); long: only these runs, "
+                        "without the MLM evaluation and latency steps")
     p.add_argument("--tradeoff", action="store_true", help="glue: also the accuracy–sparsity trade-off runs")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and fresh results (default: runs/<preset>)")
     p.add_argument("--reuse", action="store_true",
@@ -86,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.preset not in ("small", "smoke"):
             p.error("--quick is the smoke preset; do not combine it with --preset paper")
         args.preset = "smoke"
-    if args.runs and args.plan not in ("diagnostics", "recipes"):
-        p.error("--runs applies to the diagnostics and recipes plans only")
+    if args.runs and args.plan not in ("diagnostics", "recipes", "long"):
+        p.error("--runs applies to the diagnostics, recipes and long plans only")
     return args
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = execute(plan, sel, preset=args.preset, run_dir=run_dir, results_root=results_root,
                      config_dir=args.config_dir)
-    if plan.kind == "long":
+    if plan.kind == "long" and not args.runs:  # --runs: those runs only (e.g. dense-recipe candidates)
         long_steps(plan, plan.selected_lengths(sel), run_dir=run_dir, results_root=results_root, preset=args.preset,
                    config_dir=args.config_dir, latency=not args.no_latency)
         write_summaries(plan, results_root, sel)

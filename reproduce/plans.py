@@ -100,7 +100,7 @@ class Selection:
     tasks: list[str] | None = None
     seeds: list[int] | None = None
     variants: list[str] | None = None
-    names: list[str] | None = None  # diagnostics: run names
+    names: list[str] | None = None  # diagnostics, recipes, long: run names (--runs)
     tradeoff: bool = False
 
 
@@ -522,11 +522,11 @@ class LongPlan:
                    seeds=[int(s) for s in raw["seeds"]], phase1=dict(raw["phase1"]), phase2=dict(raw["phase2"]),
                    variant=variant, extra=[dict(e) for e in raw.get("extra", [])], mlm_eval=dict(raw.get("mlm_eval", {})),
                    latency=dict(raw.get("latency", {})), holdout=[dict(h) for h in raw.get("holdout", [])])
-        names = [h.get("name") for h in plan.holdout]
-        for h in plan.holdout:
+        keys = [(h.get("name"), int(h.get("length", 0))) for h in plan.holdout]
+        for h, key in zip(plan.holdout, keys):
             _known(h, {"name", "length", "seeds", "settings"}, f"{where} [[holdout]]")
-            if not h.get("name") or names.count(h["name"]) > 1 or int(h.get("length", 0)) not in plan.lengths:
-                raise ValueError(f"{where} [[holdout]]: each needs a unique name and a length of the plan's "
+            if not h.get("name") or keys.count(key) > 1 or key[1] not in plan.lengths:
+                raise ValueError(f"{where} [[holdout]]: each needs a name, unique per length, and a length of the plan's "
                                  f"{plan.lengths}, got {h!r}")
         positions = plan.phase1.get("model_overrides", {}).get("max_position_embeddings", 512)
         if max(plan.lengths) > positions:
@@ -577,6 +577,12 @@ class LongPlan:
                                keep_model=True, group="long"))
                 out.append(Run(task, f"dendritic-n{n}-seed{seed}", "dendritic", seed, f"{RUN_PREFIX}long/{task}/{dense}",
                                self._settings("dendritic", n, task), group="long"))
+        if sel.names:  # --runs: only these (and, by the runner, the dense models they start from)
+            unknown = set(sel.names) - {r.name for r in out}
+            if unknown:
+                raise ValueError(f"unknown long runs {sorted(unknown)}; this selection has {[r.name for r in out]}")
+            starts = {(r.task, r.init.rsplit("/", 1)[-1]) for r in out if r.name in sel.names}
+            out = [r for r in out if r.name in sel.names or (r.task, r.name) in starts]
         return out
 
 

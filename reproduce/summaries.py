@@ -322,7 +322,8 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
                 "n": r["resolved_config"].get("max_length"), "seed": r["seed"], "metric": r["metric"],
                 "score": r["score"], "majority_score": r["metrics"].get("majority_rate"),
                 "train_windows": r["train_examples"], "held_out_windows": r["dev_examples"],
-                "epochs": r["resolved_config"].get("epochs"), "learning_rate": r["resolved_config"].get("learning_rate")}
+                "epochs": r["resolved_config"].get("epochs"), "learning_rate": r["resolved_config"].get("learning_rate"),
+                "pooling": (r["resolved_config"].get("model_overrides") or {}).get("classifier_pooling", "cls")}
                for task in tasks for f in sorted((results / task).glob("holdout-*.json"))
                for r in [{**json.loads(f.read_text()), "name": f.stem}]]
     return {"rows": rows, "mlm": mlm.get("rows", []), "holdout": holdout,

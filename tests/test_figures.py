@@ -205,6 +205,9 @@ def build_fixtures(root: Path) -> None:
     _write(root / "long" / "summary.json", {
         "rows": long_rows, "mlm": [{"n": 2048, "target_sparsity": s, "achieved_sparsity": s - 0.01, "dense_loss": 2.0,
                                     "dendritic_loss": 2.0 + s / 10} for s in (0.5, 0.75, 0.9)],
+        "holdout": [{"name": name, "n": 2048, "seed": 0, "metric": "accuracy", "score": score, "majority_score": 0.5,
+                     "train_windows": 500, "held_out_windows": 120, "epochs": 2.0, "learning_rate": 5e-5,
+                     "pooling": pooling} for name, pooling, score in (("all-2ep", "cls", 0.6), ("mean-2ep", "mean", 0.7))],
         "latency_provenance": {"cpu": "synthetic", "threads": 2, "loadavg_start": [0.1, 0.1, 0.1]},
         "mlm_provenance": {}})
 
@@ -269,7 +272,8 @@ EXPECTED = [
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
-    "table_long.md", "table_long.csv", "table_long_mlm.md", "long_latency_vs_retention.png", "table_glue_recipes.md",
+    "table_long.md", "table_long.csv", "table_long_mlm.md", "table_long_holdout.md", "table_long_holdout.csv",
+    "long_latency_vs_retention.png", "table_glue_recipes.md",
     "table_glue_recipes.csv", "table_int8.md", "table_int8.csv", "table_int8_accuracy.md", "MANIFEST.md",
 ]
 

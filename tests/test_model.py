@@ -202,6 +202,27 @@ def test_from_bert_heads_copy_weights():
         from_bert(ref, head="qa")
 
 
+@pytest.mark.parametrize("dendritic", [False, True])
+def test_mean_pooling_reads_the_mean_of_the_valid_tokens(dendritic):
+    """classifier_pooling="mean": logits = classifier(mean of the last layer over valid tokens); padded tokens' ids
+    change nothing; "cls" (the default) still reads BERT's pooler."""
+    torch.manual_seed(0)
+    model = DendriticBertForSequenceClassification(
+        DendriticConfig.from_preset("smoke", dendritic=dendritic, num_labels=3, classifier_pooling="mean")).eval()
+    ids, mask = _batch(model.config.vocab_size)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+        hidden = model.bert(ids, attention_mask=mask).last_hidden_state
+        expected = model.classifier(torch.stack([hidden[b, mask[b].bool()].mean(0) for b in range(len(ids))]))
+        torch.testing.assert_close(out.logits, expected)
+        repadded = ids.clone()
+        repadded[mask == 0] = 7  # other ids at the padded positions
+        torch.testing.assert_close(model(repadded, attention_mask=mask).logits, out.logits)
+        model.config.classifier_pooling = "cls"
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits,
+                                   model.classifier(model.bert(ids, attention_mask=mask).pooler_output))
+
+
 def test_from_bert_extends_positions_by_copying():
     """Longformer's recipe: position i of an extended model starts as position i mod P; the config records P; a
     model with its own P positions is unchanged; fewer than P is refused."""
@@ -281,6 +302,7 @@ def test_tiny_inputs_are_finite(smoke_model, n):
         (dict(policy="oracle"), "policy"),
         (dict(head_budgets=[[0.5]]), "head_budgets"),
         (dict(gumbel_temperature=0.0), "gumbel_temperature"),
+        (dict(classifier_pooling="max"), "classifier_pooling"),
     ],
 )
 def test_bad_config(overrides, match):

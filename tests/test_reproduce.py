@@ -150,7 +150,7 @@ def test_comparison_fails_outside_tolerance(tmp_path):
     (["glue", "--quick", "--tasks", "squad"], "unknown GLUE task 'squad'"),
     (["ablations", "--quick", "--variants", "nope"], "unknown variants ['nope']"),
     (["diagnostics", "--quick", "--runs", "nope"], "unknown diagnostic runs ['nope']"),
-    (["glue", "--quick", "--runs", "x"], "--runs applies to the diagnostics and recipes plans only"),
+    (["glue", "--quick", "--runs", "x"], "--runs applies to the diagnostics, recipes and long plans only"),
 ])
 def test_bad_selection_fails_before_any_work(tmp_path, args, message):
     proc = _run(*args, "--run-dir", str(tmp_path))
@@ -323,6 +323,27 @@ def test_long_plan_holdout_candidates(tmp_path):
     (cfg / "long.toml").write_text(base + holdout.replace("length = 1024", "length = 999"))
     with pytest.raises(ValueError, match="holdout"):
         LongPlan.load("small", tmp_path)
+    # a name may come back at another length (its runs are named by length), not twice at the same one
+    (cfg / "long.toml").write_text(base + holdout + holdout.replace("1024", "2048"))
+    names = [r.name for r in LongPlan.load("small", tmp_path).runs(Selection(seeds=[0])) if r.name.startswith("holdout-")]
+    assert names == ["holdout-all-2ep-n1024-seed0", "holdout-all-2ep-n2048-seed0"]
+    (cfg / "long.toml").write_text(base + holdout + holdout)
+    with pytest.raises(ValueError, match="unique per length"):
+        LongPlan.load("small", tmp_path)
+
+
+def test_long_plan_runs_selects_runs_and_what_they_start_from():
+    """--runs on the long plan: the named runs plus the dense models they start from; an unknown name fails, listing
+    the selectable ones."""
+    from reproduce.plans import LongPlan, Selection
+
+    plan = LongPlan.load("small")
+    runs = plan.runs(Selection(tasks=["2048"], seeds=[0], names=["dendritic-n2048-seed0"]))
+    assert [r.name for r in runs] == ["dense-n2048-seed0", "dendritic-n2048-seed0"]
+    runs = plan.runs(Selection(tasks=["2048"], seeds=[0], names=["dense-n2048-seed0"]))
+    assert [r.name for r in runs] == ["dense-n2048-seed0"]
+    with pytest.raises(ValueError, match="unknown long runs"):
+        plan.runs(Selection(tasks=["2048"], seeds=[0], names=["dense-n4096-seed0"]))
 
 
 def test_long_summary_lists_holdout_runs(tmp_path):
@@ -336,7 +357,7 @@ def test_long_summary_lists_holdout_runs(tmp_path):
     out = summarise_long(tmp_path, ["sotu_party"], {"sotu_party": [1024]})
     assert out["rows"] == [] and out["holdout"] == [
         {"name": "all-2ep", "n": 1024, "seed": 0, "metric": "accuracy", "score": 0.61, "majority_score": 0.506,
-         "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5}]
+         "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5, "pooling": "cls"}]
 
 
 def test_recipe_sparsify_runs_summary_and_retrain(tmp_path, monkeypatch):

@@ -105,6 +105,34 @@ def table_long_mlm(out: Output) -> None:
               csv_rows=[[m.get(c) for c in cols] for m in mlm])
 
 
+def table_long_holdout(out: Output) -> None:
+    """The dense-recipe candidates: each trained on the training addresses minus a held-out fifth (whole addresses)
+    and scored there — the recipe of the main runs is chosen from these, never from dev."""
+    what = "long-document dense-recipe table (table_long_holdout)"
+    path = out.results / "long" / "summary.json"
+    if not require(out, what, path):
+        return
+    holdout = load_json(path).get("holdout") or []
+    if not holdout:
+        out.skip(what, "long/summary.json has no held-out recipe runs yet")
+        return
+    header = ["n", "candidate", "pooling", "epochs", "learning rate", "seed", "train windows", "held-out windows",
+              "majority %", "accuracy %", "Δ vs majority"]
+    cols = ["n", "name", "pooling", "epochs", "learning_rate", "seed", "train_windows", "held_out_windows",
+            "majority_score", "score"]
+    ordered = sorted(holdout, key=lambda h: (h["n"], h["name"], h["seed"]))
+    rows = [[str(h["n"]), h["name"], h.get("pooling", "cls"), num(h["epochs"], 1), f"{h['learning_rate']:g}",
+             str(h["seed"]), str(h["train_windows"]), str(h["held_out_windows"]), _pct(h["majority_score"]),
+             _pct(h["score"]), f"{100 * (h['score'] - h['majority_score']):+.1f}" if is_num(h["majority_score"]) else "–"]
+            for h in ordered]
+    caption = ["Dense recipe candidates for the long-document task (sotu_party), each trained on the training addresses "
+               "minus a held-out fifth of them (whole addresses, holdout seed 1234) and scored on the held-out windows; "
+               "the recipe of the main runs is chosen here, never on dev.  pooling: cls = BERT's pooler on [CLS], "
+               "mean = mean of the last layer over the tokens."]
+    out.table("table_long_holdout", header, rows, caption, [path], "long-document dense-recipe candidates",
+              csv_header=cols, csv_rows=[[h.get(c) for c in cols] for h in ordered])
+
+
 def long_latency_vs_retention(out: Output) -> None:
     """Latency ÷ SDPA against retention, one point per (n, batch); the dashed line is parity with dense SDPA."""
     what = "long-document latency vs retention (long_latency_vs_retention)"
@@ -140,4 +168,4 @@ def long_latency_vs_retention(out: Output) -> None:
     out.figure(fig, "long_latency_vs_retention", [path], "latency vs retention per n on long windows")
 
 
-FIGURES = [table_long, table_long_mlm, long_latency_vs_retention]
+FIGURES = [table_long, table_long_mlm, table_long_holdout, long_latency_vs_retention]
