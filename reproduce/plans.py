@@ -490,6 +490,7 @@ class LongPlan:
     with the sparsity loss at length) feeds the held-out MLM evaluation (``[mlm_eval]``); the latency of the trained
     seed-0 models on the same dev windows is measured by ``reproduce.bench.long_latency`` (``[latency]``).
 
+    ``[variant.<v>.by_length]``: settings of one length over the variant's ``settings`` (``2048 = { epochs = 4.0 }``).
     ``[[holdout]]``: candidate dense recipes (``name``, ``length``, ``seeds``, ``settings`` over the dense variant's)
     scored on a held-out slice of the *training* addresses (whole addresses, ``eval_split = "train_holdout"``), run
     before the main runs as ``holdout-<name>-n<n>-seed<k>``: the dense recipe is chosen without looking at dev."""
@@ -518,6 +519,12 @@ class LongPlan:
         variant = {v: dict(spec) for v, spec in raw["variant"].items()}
         if set(variant) != {"dense", "dendritic"}:
             raise ValueError(f"{where}: [variant] must define dense and dendritic")
+        for name, spec in variant.items():
+            _known(spec, {"settings", "by_length"}, f"{where} [variant.{name}]")
+            odd = set(spec.get("by_length", {})) - {str(n) for n in raw["lengths"]}
+            if odd:
+                raise ValueError(f"{where} [variant.{name}.by_length]: lengths {sorted(odd)} are not the plan's "
+                                 f"{raw['lengths']}")
         plan = cls(preset=preset, task=raw["task"], lengths=[int(n) for n in raw["lengths"]],
                    seeds=[int(s) for s in raw["seeds"]], phase1=dict(raw["phase1"]), phase2=dict(raw["phase2"]),
                    variant=variant, extra=[dict(e) for e in raw.get("extra", [])], mlm_eval=dict(raw.get("mlm_eval", {})),
@@ -546,7 +553,9 @@ class LongPlan:
         return [int(t) for t in sel.tasks] if sel.tasks else self.lengths
 
     def _settings(self, variant: str, n: int, task: str) -> dict:
-        return {**self.variant[variant].get("settings", {}), "max_length": n}
+        """A variant's settings at length n: ``settings``, then ``by_length.<n>`` (a recipe chosen per length)."""
+        spec = self.variant[variant]
+        return {**spec.get("settings", {}), **spec.get("by_length", {}).get(str(n), {}), "max_length": n}
 
     def runs(self, sel: Selection) -> list[Run]:
         lengths = self.selected_lengths(sel)  # --tasks selects lengths here

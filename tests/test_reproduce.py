@@ -330,6 +330,15 @@ def test_long_plan_holdout_candidates(tmp_path):
     (cfg / "long.toml").write_text(base + holdout + holdout)
     with pytest.raises(ValueError, match="unique per length"):
         LongPlan.load("small", tmp_path)
+    # a recipe chosen per length: [variant.dense.by_length] over [variant.dense] settings, for that length only
+    per_length = base.replace("[variant.dendritic]", "[variant.dense.by_length]\n2048 = { epochs = 4.0 }\n[variant.dendritic]")
+    (cfg / "long.toml").write_text(per_length)
+    epochs = {r.settings["max_length"]: r.settings["epochs"] for r in LongPlan.load("small", tmp_path).runs(Selection(seeds=[0]))
+              if r.variant == "dense"}
+    assert epochs == {1024: 2.0, 2048: 4.0}
+    (cfg / "long.toml").write_text(per_length.replace("2048 = {", "4096 = {"))
+    with pytest.raises(ValueError, match="by_length"):
+        LongPlan.load("small", tmp_path)
 
 
 def test_long_plan_runs_selects_runs_and_what_they_start_from():
