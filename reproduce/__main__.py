@@ -6,6 +6,7 @@
     python -m reproduce ablations --variants static no_gumbel
     python -m reproduce diagnostics --runs dense_from_phase2
     python -m reproduce recipes --tasks rte                  # dense recipes scored on held-out training data
+    python -m reproduce long --tasks 2048 --runs holdout-all-4ep-n2048-seed0   # one dense-recipe candidate
     python -m reproduce glue --reuse                         # continue the committed results in place (no comparison)
     python -m reproduce glue --reuse --summary-only          # rebuild the committed summaries from their result files
 
@@ -71,8 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: the plan's)")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="seeds (default: the plan's)")
     p.add_argument("--variants", nargs="*", default=None, help="glue: dense/dendritic/dsn; ablations: variant names")
-    p.add_argument("--runs", nargs="*", default=None, help="diagnostics, recipes, long: names of the plan's runs (default: all); long: only these runs, "
-                        "without the MLM evaluation and latency steps")
+    p.add_argument("--runs", nargs="*", default=None,
+                   help="diagnostics, recipes, long: names of the plan's runs (default: all); long: only these runs "
+                        "(and the dense models they start from), without the MLM evaluation and latency steps")
     p.add_argument("--tradeoff", action="store_true", help="glue: also the accuracy–sparsity trade-off runs")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and fresh results (default: runs/<preset>)")
     p.add_argument("--reuse", action="store_true",
