@@ -18,6 +18,17 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_SCHEMA_VERSION = 1  # bump when result files change shape; runners refuse folders of another version
 
 
+def result_fingerprint(record: dict) -> str:
+    """A short digest of what a trained model did on its evaluation split — score, mean block sparsity, each input's
+    sparsity and every prediction — the same for a run's ``done.json`` and the result file a plan writes from it.
+    A benchmark of a checkpoint records it, so that a summary can tell whether the timed model is the one whose
+    accuracy it reports (a deterministic retrain that reproduces all of these counts as the same model)."""
+    import hashlib
+
+    keys = (record["score"], record.get("sparsity_mean"), record.get("per_input_sparsity"), record["predictions"])
+    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=10)

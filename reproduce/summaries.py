@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dendritic.provenance import result_fingerprint
 from dendritic.training.data import get_task
 from dendritic.training.metrics import primary_metric
 
@@ -281,13 +282,26 @@ def _sparsify_rows(folder: Path) -> list[dict]:
 
 
 # -- long documents --------------------------------------------------------------------------------------------------
+def _timed_these_models(row: dict, runs: dict) -> bool:
+    """Whether a latency row timed the models of the committed results: its ``models`` (each timed model's result
+    fingerprint) match the results of its seed.  Rows timed before ``models`` was recorded carry none and are kept
+    (each such committed row was checked against its results' creation times: timed after both were written, and
+    before any retraining)."""
+    models = row.get("models")
+    if models is None:
+        return True
+    seed = row.get("seed", 0)
+    return all(runs[v].get(seed) is not None and result_fingerprint(runs[v][seed]) == models.get(v)
+               for v in ("dense", "dendritic"))
+
+
 def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, list[int]]) -> dict:
     """``long/summary.json``: one row per (task, n, batch) — accuracy of dense and DendriticBERT over their paired
     seeds, retention, achieved block sparsity, agreement, the majority-class rate of the dev windows, and the latency
     of the trained seed-0 models on those windows (``latency.json``, when measured); ``mlm`` from ``mlm.json``."""
     latency = json.loads((results / "latency.json").read_text()) if (results / "latency.json").exists() else {}
     mlm = json.loads((results / "mlm.json").read_text()) if (results / "mlm.json").exists() else {}
-    rows = []
+    rows, unmatched = [], []  # unmatched: latency rows that timed other models than these results' (not shown)
     for task in tasks:
         for n in lengths_by_task.get(task, []):
             runs = {v: {r["seed"]: r for r in (json.loads(f.read_text())
@@ -310,6 +324,9 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
                     "input_dependence": float(np.mean([runs["dendritic"][s]["input_dependence"]["input_dependence"]
                                                        for s in paired]))}
             timed = [r for r in latency.get("rows", []) if r["task"] == task and r["n"] == n]
+            unmatched += [{"task": task, "n": n, "batch": r["batch"], "seed": r.get("seed")}
+                          for r in timed if not _timed_these_models(r, runs)]
+            timed = [r for r in timed if _timed_these_models(r, runs)]
             for t in timed or [None]:
                 rows.append({**base, "batch": t and t["batch"], "dense_sdpa_ms": t and t["dense_sdpa_ms"],
                              "dense_eager_ms": t and t.get("dense_eager_ms"), "dendritic_ms": t and t["dendritic_ms"],
@@ -326,5 +343,5 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
                 "pooling": (r["resolved_config"].get("model_overrides") or {}).get("classifier_pooling", "cls")}
                for task in tasks for f in sorted((results / task).glob("holdout-*.json"))
                for r in [{**json.loads(f.read_text()), "name": f.stem}]]
-    return {"rows": rows, "mlm": mlm.get("rows", []), "holdout": holdout,
+    return {"rows": rows, "mlm": mlm.get("rows", []), "holdout": holdout, "latency_of_other_models": unmatched,
             "latency_provenance": latency.get("provenance"), "mlm_provenance": mlm.get("provenance")}

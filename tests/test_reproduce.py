@@ -369,6 +369,43 @@ def test_long_summary_lists_holdout_runs(tmp_path):
          "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5, "pooling": "cls"}]
 
 
+def test_long_summary_pairs_latency_only_with_the_models_it_timed(tmp_path):
+    """A latency row is shown beside the accuracy rows only if it timed the models of those results (``models``:
+    each timed model's result fingerprint); a retrained model gets no latency until it is timed again, even with
+    the same score and predictions.  Rows that predate ``models`` are kept."""
+    from dendritic.provenance import result_fingerprint
+    from reproduce.summaries import summarise_long
+
+    def result(variant, n, created, score):
+        return {"seed": 0, "variant": variant, "metric": "accuracy", "score": score, "block_size": 64,
+                "target_sparsity": 0.75, "sparsity_mean": 0.8, "metrics": {"majority_rate": 0.6},
+                "predictions": [0, 1, 1], "dev_examples": 3, "train_examples": 9,
+                "input_dependence": {"input_dependence": 0.01}, "provenance": {"created": created}}
+
+    (tmp_path / "sotu_party").mkdir()
+    for n in (1024, 2048):
+        for variant, score in (("dense", 0.68), ("dendritic", 0.66)):
+            (tmp_path / "sotu_party" / f"{variant}-n{n}-seed0.json").write_text(
+                json.dumps(result(variant, n, f"new-{variant}-{n}", score)))
+    timing = {"task": "sotu_party", "batch": 1, "seed": 0, "dense_sdpa_ms": 10.0, "dendritic_ms": 7.0,
+              "ratio_vs_sdpa": 0.7}
+    models = {v: result_fingerprint(json.loads((tmp_path / "sotu_party" / f"{v}-n1024-seed0.json").read_text()))
+              for v in ("dense", "dendritic")}
+    retrained = {**result(None, 2048, "older", 0.66), "sparsity_mean": 0.79}  # same score and predictions
+    stale = {**models, "dendritic": result_fingerprint(retrained)}
+    rows = [{**timing, "n": 1024, "models": models}, {**timing, "n": 2048, "models": stale}]
+    (tmp_path / "latency.json").write_text(json.dumps({"rows": rows, "provenance": {}}))
+    summary = summarise_long(tmp_path, ["sotu_party"], {"sotu_party": [1024, 2048]})
+    out = {r["n"]: r for r in summary["rows"]}
+    assert out[1024]["ratio_vs_sdpa"] == 0.7 and out[1024]["batch"] == 1
+    assert out[2048]["ratio_vs_sdpa"] is None and out[2048]["batch"] is None  # timed another model: not shown
+    assert summary["latency_of_other_models"] == [{"task": "sotu_party", "n": 2048, "batch": 1, "seed": 0}]
+    rows[1].pop("models")  # timed before `models` was recorded: kept
+    (tmp_path / "latency.json").write_text(json.dumps({"rows": rows, "provenance": {}}))
+    out = {r["n"]: r for r in summarise_long(tmp_path, ["sotu_party"], {"sotu_party": [1024, 2048]})["rows"]}
+    assert out[2048]["ratio_vs_sdpa"] == 0.7
+
+
 def test_recipe_sparsify_runs_summary_and_retrain(tmp_path, monkeypatch):
     """[sparsify]: the GLUE plan's dense recipe run is kept and sparsified at each target on the same held-out slice;
     --runs selects runs plus what they start from; a reused dense result whose model is not in the run folder is

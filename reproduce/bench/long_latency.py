@@ -12,7 +12,8 @@ the dense model as a plain ``transformers.BertModel`` under SDPA and eager atten
   the saving from sparsity alone, beside the saving vs SDPA (part of which can be the kernel itself).
 
 The forward is checked against the ``reference`` backend (same masks) before timing; the load average at the start is
-recorded (a number measured on busy cores says so).  The classifier head (one linear layer on [CLS]) is not timed.
+recorded (a number measured on busy cores says so), and so is which training run made each timed model (``models``:
+the fingerprint of its result), so that the summary never pairs a retrained model with older timings.  The classifier head (one linear layer on [CLS]) is not timed.
 
     python -m reproduce.bench.long_latency --run-dir runs/small          # after `python -m reproduce long`
 """
@@ -28,13 +29,23 @@ import torch
 from dendritic.bench import (check_model_against_reference, dense_twin, eager_fits, interleaved, load_average,
                              median_p90, paired_ratio)
 from dendritic.modeling import DendriticBertForSequenceClassification
-from dendritic.provenance import atomic_write_json, provenance
+from dendritic.provenance import atomic_write_json, provenance, result_fingerprint
 from dendritic.training.long_docs import long_task_datasets
 
 from ..paths import CONFIGS
 from ..plans import load_plan
 
 NO_ATTENTION = "bench_no_attention"
+
+
+def trained_model_id(model_dir: Path) -> str | None:
+    """Which training run made the checkpoint in ``model_dir``: the fingerprint of its result (``done.json``, the
+    record the committed result file is written from).  The long summary attaches a latency row to the accuracy rows
+    only when these match the committed results — a retrained model is never shown beside its predecessor's timings."""
+    import json
+
+    done = model_dir / "done.json"
+    return result_fingerprint(json.loads(done.read_text())) if done.exists() else None
 
 
 def _no_attention(module, query, key, value, attention_mask, **kwargs):
@@ -55,6 +66,7 @@ def measure(task: str, n: int, run_dir: Path, *, seed: int, batches: list[int], 
         if not (d / "model.safetensors").exists():
             raise SystemExit(f"no trained model in {d}: run `python -m reproduce long` first (it keeps the seed-{seed} "
                              "models)")
+    models = {"dense": trained_model_id(dense_dir), "dendritic": trained_model_id(sparse_dir)}
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(sparse_dir)
@@ -102,7 +114,7 @@ def measure(task: str, n: int, run_dir: Path, *, seed: int, batches: list[int], 
                "ratio_vs_same_kernel_dense": paired_ratio(times["dendritic"], times["same_kernel_dense"]),
                "attention_share": share if 0 < share < 1 else None,
                "amdahl_bound": 1 - achieved * share if 0 < share < 1 else None,
-               "path": "sparse (cpu kernel)", "correctness": check, "timed": [n for n in names]}
+               "path": "sparse (cpu kernel)", "correctness": check, "timed": [n for n in names], "models": models}
         rows.append(row)
         print(f"{task} n={n} B={B}: dense sdpa {row['dense_sdpa_ms']:.0f} ms, DendriticBERT {row['dendritic_ms']:.0f} ms "
               f"(x{row['ratio_vs_sdpa']:.2f}; bound x{row['amdahl_bound'] or float('nan'):.2f} at s={achieved:.2f})",
