@@ -207,7 +207,7 @@ def table_glue_recipes(out: Output) -> None:
     caption = [
         ("GLUE dev, the main recipe vs the write-up's.  Main (v2): dense fine-tuned from the original MiniLM weights "
          "with each task's recipe chosen on held-out training data; DendriticBERT sparsified from the same seed's "
-         "fine-tuned dense model (distillation, scorer from its query/key projections, target 0.6).  Write-up (v1): "
+         "fine-tuned dense model (distillation, scorer from its query/key projections, target 0.5).  Write-up (v1): "
          "dense from the phase-1 MLM checkpoint, DendriticBERT from phase 2, one learning rate, subsampled training "
          "sets, target 0.5 (reproduce/results/archive/v1-writeup-recipe/)."),
         ("Scores × 100, mean ± sample std over seeds; retention = DendriticBERT / dense; † = not informative, kept "
