@@ -96,3 +96,24 @@ def test_int8_bench_accuracy_needs_kept_models(tmp_path):
                           check=False)
     assert proc.returncode != 0 and "no kept (dense, dendritic) model pair" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("impl, sdpa_calls", [("sdpa", 1), ("eager", 0)])
+def test_the_dense_baseline_runs_the_attention_it_is_named_after(model, monkeypatch, impl, sdpa_calls):
+    """Every benchmark's "sdpa" baseline is dense_twin(model, "sdpa"): a transformers BertModel whose every layer calls
+    torch's scaled_dot_product_attention (the kernel the ratios are against) — and "eager" never does — with the
+    same output as the other."""
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    ids = torch.randint(5, model.config.vocab_size, (2, 64))
+    with torch.inference_mode():
+        want = dense_twin(model, "eager" if impl == "sdpa" else "sdpa")(ids).last_hidden_state
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+        got = dense_twin(model, impl)(ids).last_hidden_state
+    assert len(calls) == sdpa_calls * model.config.num_hidden_layers
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
