@@ -110,7 +110,8 @@ def recipes(session: nox.Session) -> None:
 # -- result inputs of figures -----------------------------------------------------------------------------------------
 @nox.session(python=False, default=False)
 def sweep_inference(session: nox.Session) -> None:
-    """Inference-only policy sweep on the kept seed-0 DendriticBERT models (after `reproduce_glue`)."""
+    """Inference-only policy sweep on the kept DendriticBERT models (after `reproduce_glue`; `-- --long 2048`: the
+    long-document model, after `reproduce_long`)."""
     _result_input(session, "reproduce.sweep_inference")
 
 

@@ -2,6 +2,7 @@
 
     python -m reproduce.sweep_inference --preset small              # the ablation plan's tasks, the GLUE plan's seeds
     python -m reproduce.sweep_inference --tasks cola --seeds 0      # one model
+    python -m reproduce.sweep_inference --long 2048 --seeds 0       # the long plan's DendriticBERT at n = 2048
 
 
 The trained trade-off points (``python -m reproduce glue --tradeoff``) fine-tune one model per target, for the learned policy
@@ -21,6 +22,11 @@ model, so the curves answer "which blocks does this model need at inference", no
 adapted to policy X do" (that is the ablation grid).  Rows (with their ``seed``) go to
 ``<results>/inference_sweep.json``; a sweep replaces the rows of the (task, seed) pairs it ran and keeps the rest.
 ``matched`` compares the policies at the sparsity the learned one achieves at the main target (:func:`matched_summary`).
+
+``--long N`` sweeps the long-document plan's kept DendriticBERT at n = N instead (``<runs>/long/<task>/dendritic-n<N>-
+seed<k>``, on its dev windows; targets around the plan's 0.75, windows up to 4 blocks) into
+``reproduce/results/long/inference_sweep.json``: whether, where skipping attention pays, the learned policy chooses
+better blocks than a static window or training-free scores at the same sparsity.
 """
 
 from __future__ import annotations
@@ -39,28 +45,63 @@ from .plans import load_plan
 DEFAULT_RESULTS = RESULTS / "ablations"
 TARGETS = (0.3, 0.5, 0.7, 0.9)
 WINDOWS = (0, 1, 2, 3, 4, 6, 8)
-N_POINTS = 1 + 3 * len(TARGETS) + len(WINDOWS)  # none + learned / training-free / random per target + static
+# Long documents (64-token blocks, target 0.75): the learned policy achieves ~0.8-0.85 block sparsity there, so the
+# curves are swept around it; a static window of w blocks keeps ~(2w + 2)/nb of a row (0.88-0.94 at w = 0).
+LONG_TARGETS = (0.5, 0.75, 0.9)
+LONG_WINDOWS = (0, 1, 2, 3, 4)
+
+
+def n_points(targets, windows) -> int:
+    """none + learned / training-free / random per target + static per window."""
+    return 1 + 3 * len(targets) + len(windows)
 
 
 def sweep_task(model_dir: Path, task: str, seed: int, *, max_length: int, batch_size: int, eval_samples: int | None,
                targets=TARGETS, windows=WINDOWS) -> list[dict]:
-    """One row per (policy, target or window): dev score and achieved block / pair sparsity."""
-    import torch
-    from tqdm.auto import tqdm
+    """One row per (policy, target or window) for a GLUE task: dev score and achieved block / pair sparsity."""
     from transformers import AutoTokenizer
 
-    from dendritic.budget import retarget_budgets
     from dendritic.training.data import load_glue, subsample, tokenize_glue
     from dendritic.training.metrics import compute_glue_metrics, primary_metric
-    from dendritic.modeling import DendriticBertForSequenceClassification
-    from dendritic.modeling import base_model
-    from dendritic.training.phases import evaluate_glue
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dev = load_glue(task, splits=("validation",))["validation"]
     if eval_samples:
         dev = subsample(dev, eval_samples, 0)
     dev = tokenize_glue(dev, tokenizer, task, max_length)
+    return sweep_model(model_dir, dev, tokenizer, task=task, seed=seed, metric=primary_metric(task),
+                       metrics_fn=lambda p, y: compute_glue_metrics(task, p, y), batch_size=batch_size,
+                       targets=targets, windows=windows)
+
+
+def sweep_long(model_dir: Path, task: str, n: int, seed: int, *, batch_size: int, eval_samples: int | None,
+               targets=LONG_TARGETS, windows=LONG_WINDOWS) -> list[dict]:
+    """The same sweep for a long-document model on its dev windows of n tokens (rows carry ``n``)."""
+    from transformers import AutoTokenizer
+
+    from dendritic.training.data import subsample
+    from dendritic.training.long_docs import compute_long_metrics, long_task_datasets
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dev = long_task_datasets(task, tokenizer, n)["validation"]
+    if eval_samples:
+        dev = subsample(dev, eval_samples, 0)
+    return sweep_model(model_dir, dev, tokenizer, task=task, seed=seed, metric="accuracy",
+                       metrics_fn=compute_long_metrics, batch_size=batch_size, targets=targets, windows=windows,
+                       extra={"n": n})
+
+
+def sweep_model(model_dir: Path, dev, tokenizer, *, task: str, seed: int, metric: str, metrics_fn, batch_size: int,
+                targets, windows, extra: dict | None = None) -> list[dict]:
+    """Evaluate ``dev`` with the model in ``model_dir`` under every policy point; one row each."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from dendritic.budget import retarget_budgets
+    from dendritic.modeling import DendriticBertForSequenceClassification
+    from dendritic.modeling import base_model
+    from dendritic.training.phases import evaluate_glue
+
     points = [("none", None, None)] + [("learned", t, None) for t in targets] + [("training_free", t, None) for t in targets] + \
              [("random", t, None) for t in targets] + [("static", None, w) for w in windows]
     rows = []
@@ -76,11 +117,11 @@ def sweep_task(model_dir: Path, task: str, seed: int, *, max_length: int, batch_
         torch.manual_seed(0)  # the random policy draws its scores from torch's generator
         with torch.no_grad():
             ev = evaluate_glue(model, dev, tokenizer, batch_size)
-        metrics = compute_glue_metrics(task, ev["predictions_raw"], ev["labels"])
+        metrics = metrics_fn(ev["predictions_raw"], ev["labels"])
         rows.append({"task": task, "seed": seed, "policy": policy, "target_sparsity": target, "static_window": window,
-                     "metric": primary_metric(task), "score": metrics[primary_metric(task)], "metrics": metrics,
+                     "metric": metric, "score": metrics[metric], "metrics": metrics,
                      "sparsity_mean": ev["sparsity_mean"] or 0.0, "pair_sparsity_mean": ev["pair_sparsity_mean"] or 0.0,
-                     "dev_examples": len(dev), "model": str(model_dir)})
+                     "dev_examples": len(dev), "model": str(model_dir), **(extra or {})})
     return rows
 
 
@@ -102,16 +143,21 @@ def _stats(xs: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
 
 
+def sweep_key(row: dict) -> str:
+    """What a row's curves belong to: the GLUE task, or ``<task>-n<n>`` for a long-document length."""
+    return f"{row['task']}-n{row['n']}" if row.get("n") is not None else row["task"]
+
+
 def matched_summary(rows: list[dict], main_target: float) -> dict:
     """Part 2b of #13: per task, every policy's dev score at the sparsity the learned policy achieves at the main
     target (interpolated along each policy's swept curve, per seed), and the learned policy's paired margin over
     each other policy across seeds.  ``beyond_noise``: the mean margin exceeds twice its standard error (≥ 3
     seeds); ``None`` with fewer seeds."""
     out = {}
-    for task in sorted({r["task"] for r in rows}):
+    for task in sorted({sweep_key(r) for r in rows}):  # a GLUE task, or a long task at one length
         per_seed = {}
-        for seed in sorted({r.get("seed", 0) for r in rows if r["task"] == task}):
-            mine = [r for r in rows if r["task"] == task and r.get("seed", 0) == seed]
+        for seed in sorted({r.get("seed", 0) for r in rows if sweep_key(r) == task}):
+            mine = [r for r in rows if sweep_key(r) == task and r.get("seed", 0) == seed]
             ref = [r for r in mine if r["policy"] == "learned" and r["target_sparsity"] == main_target]
             none = [r for r in mine if r["policy"] == "none"]
             if not ref:
@@ -125,7 +171,7 @@ def matched_summary(rows: list[dict], main_target: float) -> dict:
         if not per_seed:
             continue
         seeds = list(per_seed.values())
-        task_out = {"seeds": [int(k) for k in per_seed], "metric": next(r["metric"] for r in rows if r["task"] == task),
+        task_out = {"seeds": [int(k) for k in per_seed], "metric": next(r["metric"] for r in rows if sweep_key(r) == task),
                     "per_seed": per_seed, "sparsity": _stats([e["sparsity"] for e in seeds])}
         for policy in ("learned", "none", *OTHERS):
             vals = [e[policy] for e in seeds if e[policy] is not None]
@@ -149,8 +195,8 @@ def matched_summary(rows: list[dict], main_target: float) -> dict:
 def merge_rows(previous: list[dict], new: list[dict]) -> list[dict]:
     """The rows of the (task, seed) pairs swept now replace their old rows; every other pair's rows are kept (a
     sweep of one task or seed must not drop the others).  Rows from before seeds were recorded count as seed 0."""
-    swept = {(r["task"], r.get("seed", 0)) for r in new}
-    return [r for r in previous if (r["task"], r.get("seed", 0)) not in swept] + new
+    swept = {(sweep_key(r), r.get("seed", 0)) for r in new}
+    return [r for r in previous if (sweep_key(r), r.get("seed", 0)) not in swept] + new
 
 
 def write(out_file: Path, rows: list[dict], main_target: float) -> None:
@@ -162,45 +208,68 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--tasks", nargs="*", default=None, help="default: the ablation plan's tasks")
+    parser.add_argument("--long", type=int, default=None, metavar="N",
+                        help="sweep the long-document plan's DendriticBERT at n = N instead of GLUE models")
     parser.add_argument("--seeds", type=int, nargs="*", default=None,
-                        help="default: the GLUE plan's seeds of each task (its kept DendriticBERT models)")
+                        help="default: the GLUE plan's seeds of each task (its kept DendriticBERT models); with --long, "
+                             "the long plan's seeds")
     parser.add_argument("--output-dir", default=None, help="where the fine-tuned models are (default: runs/<preset>)")
-    parser.add_argument("--results-dir", default=None, help="default: reproduce/results/ablations")
+    parser.add_argument("--results-dir", default=None,
+                        help="default: reproduce/results/ablations (GLUE) or reproduce/results/long (--long)")
     parser.add_argument("--eval-samples", type=int, default=None, help="dev subsample (default: the whole dev set)")
     parser.add_argument("--reuse", action="store_true",
                         help="skip the (task, seed) pairs whose every point is already in the results file")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 (GLUE), 8 (--long)")
+    parser.add_argument("--max-length", type=int, default=128, help="GLUE only")
     args = parser.parse_args(argv)
 
-    plan, glue_plan = load_plan("ablations", args.preset), load_plan("glue", args.preset)
     runs = Path(args.output_dir or f"runs/{args.preset}")
-    results = Path(args.results_dir) if args.results_dir else DEFAULT_RESULTS
-    tasks = args.tasks or plan.tasks
-    todo = [(task, seed) for seed in sorted({s for t in tasks for s in glue_plan.task_seeds(t, args.seeds)})
-            for task in tasks if seed in glue_plan.task_seeds(task, args.seeds)]  # seed by seed
-    missing = [runs / "glue" / t / f"dendritic-seed{s}" for t, s in todo
-               if not (runs / "glue" / t / f"dendritic-seed{s}" / "model.safetensors").exists()]
+    if args.long is not None:
+        plan = load_plan("long", args.preset)
+        if args.long not in plan.lengths:
+            raise SystemExit(f"--long {args.long}: the long plan's lengths are {plan.lengths}")
+        tasks, seeds = [plan.task], (args.seeds if args.seeds is not None else plan.seeds)
+        todo = [(plan.task, s) for s in seeds]
+        model_of = {(plan.task, s): runs / "long" / plan.task / f"dendritic-n{args.long}-seed{s}" for s in seeds}
+        results = Path(args.results_dir) if args.results_dir else RESULTS / "long"
+        main_target = float(plan.variant["dendritic"]["settings"]["target_sparsity"])
+        targets, windows, batch_size = LONG_TARGETS, LONG_WINDOWS, args.batch_size or 8
+        how = f"python -m reproduce long --preset {args.preset} --tasks {args.long}"
+    else:
+        plan, glue_plan = load_plan("ablations", args.preset), load_plan("glue", args.preset)
+        tasks = args.tasks or plan.tasks
+        todo = [(task, seed) for seed in sorted({s for t in tasks for s in glue_plan.task_seeds(t, args.seeds)})
+                for task in tasks if seed in glue_plan.task_seeds(task, args.seeds)]  # seed by seed
+        model_of = {(t, s): runs / "glue" / t / f"dendritic-seed{s}" for t, s in todo}
+        results = Path(args.results_dir) if args.results_dir else DEFAULT_RESULTS
+        main_target = glue_plan.main_target
+        targets, windows, batch_size = TARGETS, WINDOWS, args.batch_size or 64
+        how = f"python -m reproduce glue --preset {args.preset} --variants dense dendritic"
+    missing = [model_of[key] for key in todo if not (model_of[key] / "model.safetensors").exists()]
     if missing:  # before any work starts
-        raise SystemExit(f"no fine-tuned model in {', '.join(map(str, missing))}: run `python -m reproduce glue "
-                         f"--preset {args.preset} --variants dense dendritic` first (the plan keeps the models)")
+        raise SystemExit(f"no fine-tuned model in {', '.join(map(str, missing))}: run `{how}` first (the plan keeps "
+                         "the models)")
     out_file = results / "inference_sweep.json"
     rows = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
     new = []
     for task, seed in todo:
-        model_dir = str(runs / "glue" / task / f"dendritic-seed{seed}")
-        if args.reuse and sum(r["task"] == task and r.get("seed", 0) == seed and r["model"] == model_dir
-                              for r in rows) == N_POINTS:
-            print(f"{task} seed {seed}: swept already (--reuse)", flush=True)
+        model_dir = model_of[(task, seed)]
+        key = f"{task}-n{args.long}" if args.long is not None else task
+        if args.reuse and sum(sweep_key(r) == key and r.get("seed", 0) == seed and r["model"] == str(model_dir)
+                              for r in rows) == n_points(targets, windows):
+            print(f"{key} seed {seed}: swept already (--reuse)", flush=True)
             continue
-        done = sweep_task(runs / "glue" / task / f"dendritic-seed{seed}", task, seed, max_length=args.max_length,
-                          batch_size=args.batch_size, eval_samples=args.eval_samples)
+        if args.long is not None:
+            done = sweep_long(model_dir, task, args.long, seed, batch_size=batch_size, eval_samples=args.eval_samples)
+        else:
+            done = sweep_task(model_dir, task, seed, max_length=args.max_length, batch_size=batch_size,
+                              eval_samples=args.eval_samples)
         rows, new = merge_rows(rows, done), new + done
-        write(out_file, rows, glue_plan.main_target)  # after every model: a killed sweep keeps what it did
-    write(out_file, rows, glue_plan.main_target)  # (also when --reuse found everything swept: the summary is rebuilt)
+        write(out_file, rows, main_target)  # after every model: a killed sweep keeps what it did
+    write(out_file, rows, main_target)  # (also when --reuse found everything swept: the summary is rebuilt)
     for r in new:
         knob = f"w={r['static_window']}" if r["policy"] == "static" else f"t={r['target_sparsity']}"
-        print(f"{r['task']:5s} s{r['seed']} {r['policy']:13s} {knob:6s} {r['metric']} {r['score']:.4f} "
+        print(f"{sweep_key(r):14s} s{r['seed']} {r['policy']:13s} {knob:6s} {r['metric']} {r['score']:.4f} "
               f"sparsity {r['sparsity_mean']:.3f}", flush=True)
     return 0
 

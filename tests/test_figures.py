@@ -243,6 +243,9 @@ def build_fixtures(root: Path) -> None:
              for seed in (0, 1, 2) for r in sweep]  # the learned policy a point higher per seed
     _write(root / "ablations" / "inference_sweep.json", {"rows": sweep, "main_target": 0.5,
                                                          "matched": matched_summary(sweep, 0.5), "provenance": {}})
+    long_sweep = [{**r, "task": "sotu_party", "n": 2048} for r in sweep if r.get("seed") == 0]  # one seed, n = 2048
+    _write(root / "long" / "inference_sweep.json", {"rows": long_sweep, "main_target": 0.5,
+                                                    "matched": matched_summary(long_sweep, 0.5), "provenance": {}})
     _write(root / "diagnostics" / "summary.json", {
         "dense_from_phase2": {"question": "Is it the phase-2 weights?", "task": "rte", "variant": "dense",
                               "init": "phase2", "settings": {},
@@ -271,7 +274,8 @@ EXPECTED = [
     "table_latency_glue.md", "table_latency_glue.csv", "table_policy_cost.md", "table_policy_cost.csv",
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
-    "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
+    "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv",
+    "table_long_policy_matched.md", "table_long_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
     "table_long.md", "table_long.csv", "table_long_mlm.md", "table_long_holdout.md", "table_long_holdout.csv",
     "long_latency_vs_retention.png", "table_glue_recipes.md",
     "table_glue_recipes.csv", "table_int8.md", "table_int8.csv", "table_int8_accuracy.md", "MANIFEST.md",
@@ -387,6 +391,13 @@ def test_policy_matched_table(two_runs):
     assert cells[2] == "3" and cells[3] == "45.0 ± 0.0"  # 3 seeds; the learned policy's sparsity at target 0.5
     assert cells[5] == "62.0 ± 1.0"  # learned: 0.66 - 0.05 (+ a point per seed)
     assert cells[6] == "56.0 ± 0.0" and "learned better" in cells[9]  # training-free: 0.66 - 2 × 0.05
+    # The long-document table: the same summary per (task, n); one seed, so no verdict; input dependence from
+    # long/summary.json's row of that n.
+    text = (root / "a" / "table_long_policy_matched.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| sotu_party-n2048 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "1" and cells[5] == "61.0" and "fewer than 3 seeds" in cells[9] and cells[12] == "10.0"
+    assert "long-document DendriticBERT" in text
 
 
 def test_ablation_table_content(two_runs):

@@ -118,6 +118,21 @@ def test_quick_long_plan(tmp_path):
     assert run["resolved_config"]["init_from"].endswith("long/sotu_party/dense-n96-seed0")  # sparsified from dense
     assert run["resolved_config"]["distill"] and run["resolved_config"]["max_length"] == 96
 
+    # The inference-only policy sweep on the kept DendriticBERT (same dev windows): every policy point, one curve key.
+    from reproduce.sweep_inference import main as sweep, n_points, LONG_TARGETS, LONG_WINDOWS
+
+    assert sweep(["--preset", "smoke", "--long", "96", "--seeds", "0", "--output-dir", str(tmp_path),
+                  "--results-dir", str(tmp_path / "sweep"), "--eval-samples", "12"]) == 0
+    swept = json.loads((tmp_path / "sweep" / "inference_sweep.json").read_text())
+    assert len(swept["rows"]) == n_points(LONG_TARGETS, LONG_WINDOWS) and {r["n"] for r in swept["rows"]} == {96}
+    (learned,) = [r for r in swept["rows"] if r["policy"] == "learned" and r["target_sparsity"] == 0.5]
+    assert swept["main_target"] == 0.5 and list(swept["matched"]) == ["sotu_party-n96"]
+    assert abs(learned["sparsity_mean"] - run["sparsity_mean"]) < 0.02  # its own budgets: the run's evaluation
+    none = next(r for r in swept["rows"] if r["policy"] == "none")
+    assert none["sparsity_mean"] == 0.0 and none["dev_examples"] == run["dev_examples"]
+    with pytest.raises(SystemExit, match="lengths are"):
+        sweep(["--preset", "smoke", "--long", "97", "--output-dir", str(tmp_path)])
+
 
 def test_comparison_fails_outside_tolerance(tmp_path):
     """A cell outside its tolerance fails the comparison; a run the reference lacks is listed, not failed."""

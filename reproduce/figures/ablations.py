@@ -3,6 +3,8 @@ sparsity, seeds}}, "dense": {task: {...}}}; block size and settings from ``glue/
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -237,20 +239,40 @@ def table_policy_matched(out: Output) -> None:
     """#13 part 2b — is the policy dynamic, and does it beat input-independent masks?  From the inference sweep's
     ``matched`` summary (every policy at the learned policy's achieved sparsity, per seed) and Table 1's
     input-dependence statistics."""
-    what = "learned vs other policies at matched sparsity (table_policy_matched)"
-    path = out.results / "ablations" / "inference_sweep.json"
+    glue_path = out.results / "glue" / "summary.json"
+    glue = load_json(glue_path) if glue_path.exists() else {}
+    _policy_matched(out, "table_policy_matched", out.results / "ablations" / "inference_sweep.json",
+                    [glue_path] if glue else [], lambda key: glue.get(key, {}).get("input_dependence"),
+                    models="each seed's DendriticBERT fine-tuned at target {target} (Table 1's models)",
+                    swept="training-free and random: targets 0.3–0.9; static: windows 0–8 blocks",
+                    dependence="Table 1's summary")
+
+
+def table_long_policy_matched(out: Output) -> None:
+    """#14 — the same question where skipping attention pays: the long-document DendriticBERT at each swept n, on
+    its dev windows (``python -m reproduce.sweep_inference --long N``)."""
+    long_path = out.results / "long" / "summary.json"
+    summary = load_json(long_path) if long_path.exists() else {}
+    dep = {f"{r['task']}-n{r['n']}": r.get("input_dependence") for r in summary.get("rows", [])}
+    _policy_matched(out, "table_long_policy_matched", out.results / "long" / "inference_sweep.json",
+                    [long_path] if summary else [], dep.get,
+                    models="the long-document DendriticBERT (64-token blocks) fine-tuned at target {target}, on its dev "
+                           "windows of n tokens",
+                    swept="training-free and random: targets 0.5–0.9; static: windows 0–4 blocks",
+                    dependence="reproduce/results/long/summary.json", name_what="long documents")
+
+
+def _policy_matched(out: Output, name: str, path: Path, extra_sources: list[Path], dependence_of, *, models: str,
+                    swept: str, dependence: str, name_what: str = "") -> None:
+    what = f"learned vs other policies at matched sparsity ({name})"
     if not require(out, what, path):
         return
     data = load_json(path)
     matched = data.get("matched") or {}
     if not matched:
-        out.skip(what, "ablations/inference_sweep.json has no matched summary (python -m reproduce.sweep_inference)")
+        out.skip(what, f"{out.rel(path)} has no matched summary (python -m reproduce.sweep_inference)")
         return
-    sources = [path]
-    glue_path = out.results / "glue" / "summary.json"
-    glue = load_json(glue_path) if glue_path.exists() else {}
-    if glue:
-        sources.append(glue_path)
+    sources = [path, *extra_sources]
     policies = ["none", "learned", "training_free", "static", "random"]
     header = ["task", "metric", "seeds", "block sparsity", "no mask", "learned", "training-free top-k",
               "static window", "random", "learned − training-free", "learned − static", "learned − random",
@@ -269,7 +291,7 @@ def table_policy_matched(out: Output) -> None:
                 return "–"
             return f"{pm(st['mean'], st['std'])} ({st['beyond_noise'] or 'fewer than 3 seeds'})"
 
-        dep = glue.get(t, {}).get("input_dependence")
+        dep = dependence_of(t)
         rows.append([task_label(t), METRIC.get(m["metric"], m["metric"]), str(len(m["seeds"])),
                      pm(m["sparsity"]["mean"], m["sparsity"]["std"]), *[cell(p) for p in policies],
                      *[margin(p) for p in ("training_free", "static", "random")], pct(dep, 1) if is_num(dep) else "–"])
@@ -278,22 +300,22 @@ def table_policy_matched(out: Output) -> None:
                          *[(m.get("learned_minus", {}).get(p) or {}).get("mean") for p in ("training_free", "static", "random")],
                          *[(m.get("learned_minus", {}).get(p) or {}).get("beyond_noise") for p in ("training_free", "static", "random")],
                          dep])
-    caption = [("Is the learned policy better than input-independent masks?  Inference only, on each seed's "
-                f"DendriticBERT fine-tuned at target {data.get('main_target', '?')} (Table 1's models): every "
+    caption = [("Is the learned policy better than input-independent masks?  Inference only, on "
+                f"{models.format(target=data.get('main_target', '?'))}: every "
                 "policy's dev score (× 100, mean ± std over seeds) at the block sparsity the learned policy reaches "
-                "there, read off each policy's swept curve by linear interpolation (training-free and random: "
-                "targets 0.3–0.9; static: windows 0–8 blocks; no extrapolation).  Same weights, same safety floor; "
-                "only the learned policy was trained with them."),
+                f"there, read off each policy's swept curve by linear interpolation ({swept}; no extrapolation).  "
+                "Same weights, same safety floor; only the learned policy was trained with them."),
                ("Margins are paired by seed; 'learned better/worse' = the mean margin exceeds twice its standard "
                 "error, else 'not separable'.  No mask = the same weights with full attention.  Input dependence "
-                "(Table 1's summary) = the share of block decisions that differ from each head's most common "
+                f"({dependence}) = the share of block decisions that differ from each head's most common "
                 "decision at the same input length.")]
-    out.table("table_policy_matched", header, rows, caption, sources,
-              "learned policy vs no mask, training-free, static and random masks at matched sparsity (inference sweep)",
+    out.table(name, header, rows, caption, sources,
+              "learned policy vs no mask, training-free, static and random masks at matched sparsity (inference sweep"
+              + (f", {name_what})" if name_what else ")"),
               csv_header=["task", "metric", "seeds", "sparsity", *policies,
                           *[f"learned_minus_{p}" for p in ("training_free", "static", "random")],
                           *[f"verdict_{p}" for p in ("training_free", "static", "random")], "input_dependence"],
               csv_rows=csv_rows)
 
 
-FIGURES = [ablations, table_ablations, table_wide, table_diagnostics, table_policy_matched]
+FIGURES = [ablations, table_ablations, table_wide, table_diagnostics, table_policy_matched, table_long_policy_matched]
