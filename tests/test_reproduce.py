@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -324,6 +325,7 @@ def test_long_plan_holdout_candidates(tmp_path):
     for name in ("phase1", "phase2", "phase3"):
         (cfg / f"{name}.toml").write_text((REPO / "reproduce/configs/small" / f"{name}.toml").read_text())
     base = (REPO / "reproduce/configs/small/long.toml").read_text().split("[[holdout]]", 1)[0]
+    base = re.sub(r"\[variant\.dense\.by_length\]\n[^\[]*", "", base)  # the plan's own per-length recipe: set below
     holdout = ('[[holdout]]\nname = "all-2ep"\nlength = 1024\nseeds = [0, 1]\n'
                'settings = { train_samples = 0, epochs = 2.0, holdout_fraction = 0.2 }\n')
     (cfg / "long.toml").write_text(base + holdout)
