@@ -3,7 +3,7 @@ mask, the kernels' compact layout and the statistics, for CPU fp32 inputs.
 
 Why: per layer the Python modules dispatch ~100 small tensor operations (and a full sort for the budget's order
 statistic); at short inputs that costs more than the attention it could save.  The fused call is plain loops
-around the two scorer GEMMs: its floats (pooling, scores, log block mass, gate) follow the Python expressions term by
+around one scorer GEMM: its floats (pooling, scores, log block mass, gate) follow the Python expressions term by
 term, agreeing with them to float rounding (not bit for bit: the reduction order differs), and its discrete part
 (order statistic by ``nth_element``, comparison, floor, compaction, counts) reproduces the Python perforation unit
 exactly given those floats — so a block decision can differ from the Python path's only where a log mass lies within

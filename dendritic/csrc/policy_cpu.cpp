@@ -1,14 +1,15 @@
 // The learned policy's inference forward in one C++ call: block pooling, scorer, log block mass, gate, the
 // input-dependent threshold, hard mask, the kernels' compact layout and the per-input statistics.  It is the same
 // function as the Python modules (dendritic/scoring.py, gating.py, perforation.py, masks.py, kernels/layout.py)
-// evaluated with hard masks, written as plain loops so that a layer costs a handful of ATen dispatches (one scorer
-// GEMM, log_softmax / exp / sigmoid over the block scores, the output allocations) instead of ~60 — at GLUE lengths
-// the dispatches, not the arithmetic, were the policy's cost.  The elementwise hot loops are compiled per ISA
-// (AVX-512 / AVX2 / baseline, picked at load time) and the order statistic is a radix selection.
+// evaluated with hard masks, written as plain loops so that a layer costs one ATen call (the scorer GEMM) besides
+// its output allocations, instead of ~60 — at GLUE lengths the dispatches, not the arithmetic, were the policy's
+// cost — and three parallel loops (pooling; scores, log-softmax and entropies; threshold, mask and layout).  The
+// elementwise hot loops are compiled per ISA (AVX-512 / AVX2 / baseline, picked at load time), the exponentials
+// are a vectorisable polynomial (fast_exp) and the order statistic is a radix selection.
 //
 //   * The floating-point part (pooling, scorer features, scores, log block mass, gate features, LayerNorm, MLP,
-//     tanh) follows the Python expressions term by term but not ATen's reduction order, so its values agree with
-//     the Python path to float rounding (~1e-6 relative), not bit for bit.
+//     tanh) follows the Python expressions term by term but not ATen's reduction order nor its exp, so its values
+//     agree with the Python path to float rounding (~1e-6 relative), not bit for bit.
 //   * The discrete part — the anchor threshold (the budget's order statistic: a radix selection instead of a full
 //     sort), the comparison, the safety floor, the compaction into kv_num_blocks / kv_indices and the block counts
 //     — computes each float exactly as the Python expression does (fp32, no FMA contraction: this file is
@@ -140,12 +141,41 @@ float pool_block(const float* xp, const bool* kp, int64_t t0, int64_t t1, int64_
   return c;
 }
 
-// One head's block scores: row i = clamp(<fq_i, fk_·> · scale, ±1e4) + log count of key block, −inf on padded key
-// blocks.  kT is the head's key features transposed, (r, nb); q rows have stride q_stride.
+// exp(x) in fp32 for the vectorised loops below (Cephes' expf: Cody–Waite reduction by ln 2, a degree-6
+// polynomial, 2^k by exponent bits; within ~2 ulp of libm), branch-free so that GCC vectorises the loop that calls
+// it.  x < −87.3 (−inf included) gives 0; x is capped at 88 (the callers' arguments never exceed 0 — softmax — or
+// only feed σ, which is 0 or 1 to float precision there anyway).  One ATen call per tensor (at::exp, at::sigmoid)
+// cost a dispatch and a full pass of its own; here the exponentials are computed where their values are used.
+static inline float fast_exp(float x) {
+  const bool underflow = x < -87.3f;
+  x = underflow ? -87.3f : (x > 88.0f ? 88.0f : x);  // ternaries, not std::min/max: GCC if-converts these
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 · 2^23 trick)
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return underflow ? 0.0f : p * scale;
+}
+
+// One head's scores and log block mass, row by row while the row is in cache (scoring.block_log_mass):
+// s_ij = clamp(<fq_i, fk_j> · scale, ±1e4) + log count of key block j, −inf on padded key blocks, then
+// ℓ_ij = (s_ij − max_j s_ij) − log Σ_j exp(s_ij − max_j s_ij) — ATen's log_softmax expression, with the
+// exponentials above.  Returns Σ over rows of Σ_j p_ij · max(ℓ_ij, −1e4), p = exp(ℓ) (the gate's row entropies,
+// negated; 0 when `entropy` is false).  kT is the head's key features transposed, (r, nb); q rows have stride
+// q_stride; e is scratch of nb floats.
 DENDRITIC_ISA_CLONES
-void score_head(const float* q, int64_t q_stride, const float* kT, int64_t r, int64_t nb, float scale,
-                const float* counts, const float* log_counts, float* out) {
+double score_head(const float* q, int64_t q_stride, const float* kT, int64_t r, int64_t nb, float scale,
+                  const float* counts, const float* log_counts, bool entropy, float* e, float* out) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  double ent = 0.0;
   for (int64_t i = 0; i < nb; ++i) {
     float* row = out + i * nb;
     const float* qi = q + i * q_stride;
@@ -155,29 +185,67 @@ void score_head(const float* q, int64_t q_stride, const float* kT, int64_t r, in
       const float* kk = kT + k * nb;
       for (int64_t j = 0; j < nb; ++j) row[j] += qk * kk[j];
     }
-    for (int64_t j = 0; j < nb; ++j)
-      row[j] = counts[j] == 0.0f ? neg_inf : std::min(std::max(row[j] * scale, -1e4f), 1e4f) + log_counts[j];
+    for (int64_t j = 0; j < nb; ++j) {
+      const float v = row[j] * scale;
+      const float c = v < -1e4f ? -1e4f : (v > 1e4f ? 1e4f : v);
+      row[j] = counts[j] == 0.0f ? neg_inf : c + log_counts[j];
+    }
+    // the row maximum (finite: key block 0 is always real) in 8 lanes — a float max reduction does not vectorise
+    float mx8[8] = {neg_inf, neg_inf, neg_inf, neg_inf, neg_inf, neg_inf, neg_inf, neg_inf};
+    int64_t j = 0;
+    for (; j + 8 <= nb; j += 8)
+      for (int u = 0; u < 8; ++u) mx8[u] = row[j + u] > mx8[u] ? row[j + u] : mx8[u];
+    for (; j < nb; ++j) mx8[0] = row[j] > mx8[0] ? row[j] : mx8[0];
+    float mx = mx8[0];
+    for (int u = 1; u < 8; ++u) mx = mx8[u] > mx ? mx8[u] : mx;
+    for (j = 0; j < nb; ++j) e[j] = fast_exp(row[j] - mx);
+    float sum8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    j = 0;
+    for (; j + 8 <= nb; j += 8)
+      for (int u = 0; u < 8; ++u) sum8[u] += e[j + u];
+    for (; j < nb; ++j) sum8[0] += e[j];
+    const float sum = ((sum8[0] + sum8[1]) + (sum8[2] + sum8[3])) + ((sum8[4] + sum8[5]) + (sum8[6] + sum8[7]));
+    const float lse = std::log(sum);
+    for (j = 0; j < nb; ++j) row[j] = (row[j] - mx) - lse;
+    if (entropy) {
+      const float inv = 1.0f / sum;
+      float acc8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+      for (j = 0; j + 8 <= nb; j += 8)
+        for (int u = 0; u < 8; ++u) acc8[u] += (e[j + u] * inv) * (row[j + u] < -1e4f ? -1e4f : row[j + u]);
+      for (; j < nb; ++j) acc8[0] += (e[j] * inv) * (row[j] < -1e4f ? -1e4f : row[j]);
+      ent += ((acc8[0] + acc8[1]) + (acc8[2] + acc8[3])) + ((acc8[4] + acc8[5]) + (acc8[6] + acc8[7]));
+    }
   }
+  return ent;
 }
 
-// One head's hard mask [z > 0] ∪ floor (z = clamp(ℓ, ±BIG) − θ on the candidates), z / T of the candidates (−inf
-// elsewhere: σ of it is the relaxed keep), and the compact layout — kept key blocks first, then the skipped ones,
-// each ascending (layout.py) — branch-free.  Returns the number of kept blocks.
+// One head's hard mask [z > 0] ∪ floor (z = clamp(ℓ, ±BIG) − θ on the candidates) and the compact layout — kept
+// key blocks first, then the skipped ones, each ascending (layout.py) — branch-free.  Returns the number of kept
+// blocks; *soft gets Σ over the candidates of σ(z / T), the relaxed keep (perforation: sigmoid(z / T)).  sig is
+// scratch of nb floats (the row's σ, summed in 8 lanes: an in-order float sum does not vectorise).
 DENDRITIC_ISA_CLONES
 int64_t mask_head(const float* L, const uint8_t* is_floor, const uint8_t* is_cand, int64_t nb, float theta, float T,
-                  bool* hard, float* Z, int32_t* counts, int32_t* idx, int32_t* tail) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+                  bool* hard, int32_t* counts, int32_t* idx, int32_t* tail, float* sig, double* soft) {
   int64_t kept = 0;
+  double soft_sum = 0.0;
   for (int64_t i = 0; i < nb; ++i) {
     const int64_t o = i * nb;
     for (int64_t j = 0; j < nb; ++j) {
-      const float z = std::min(std::max(L[o + j], -kBig), kBig) - theta;
+      const float l = L[o + j];
+      const float z = (l < -kBig ? -kBig : (l > kBig ? kBig : l)) - theta;
       hard[o + j] = is_floor[o + j] | (is_cand[o + j] & (z > 0.0f));
-      Z[o + j] = is_cand[o + j] ? z / T : neg_inf;
+      const float sg = 1.0f / (1.0f + fast_exp(-(z / T)));
+      sig[j] = is_cand[o + j] ? sg : 0.0f;
     }
+    float acc8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t j = 0;
+    for (; j + 8 <= nb; j += 8)
+      for (int u = 0; u < 8; ++u) acc8[u] += sig[j + u];
+    for (; j < nb; ++j) acc8[0] += sig[j];
+    soft_sum += ((acc8[0] + acc8[1]) + (acc8[2] + acc8[3])) + ((acc8[4] + acc8[5]) + (acc8[6] + acc8[7]));
     int32_t* row = idx + o;
     int32_t k = 0, s = 0;
-    for (int64_t j = 0; j < nb; ++j) {
+    for (j = 0; j < nb; ++j) {
       const int32_t keep = hard[o + j];
       row[k] = static_cast<int32_t>(j);
       tail[s] = static_cast<int32_t>(j);
@@ -187,24 +255,18 @@ int64_t mask_head(const float* L, const uint8_t* is_floor, const uint8_t* is_can
     counts[i] = k;
     kept += k;
   }
+  *soft = soft_sum;
   return kept;
 }
 
-// Σ_e a_e · max(b_e, −1e4) (b = nullptr: Σ_e a_e) over m floats, in double with 8 partial sums — the entropy and
-// relaxed-keep reductions over every block pair of a head (one serial double chain was ~15 % of the policy).
+// Σ_i a_i · b_i over m floats with 8 partial sums (vectorised; the gate's matrix-vector products).
 DENDRITIC_ISA_CLONES
-double sum_products(const float* a, const float* b, int64_t m) {
-  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  int64_t e = 0;
-  if (b != nullptr) {
-    for (; e + 8 <= m; e += 8)
-      for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(a[e + u]) * std::max(b[e + u], -1e4f);
-    for (; e < m; ++e) acc[0] += static_cast<double>(a[e]) * std::max(b[e], -1e4f);
-  } else {
-    for (; e + 8 <= m; e += 8)
-      for (int u = 0; u < 8; ++u) acc[u] += a[e + u];
-    for (; e < m; ++e) acc[0] += a[e];
-  }
+float dot(const float* a, const float* b, int64_t m) {
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i = 0;
+  for (; i + 8 <= m; i += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[i + u] * b[i + u];
+  for (; i < m; ++i) acc[0] += a[i] * b[i];
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
@@ -244,15 +306,11 @@ void gate_shift(const float* token_norms, const float* real_sum, const bool* rea
   // Linear -> GELU (exact, erf) -> Linear -> tanh
   h1.assign(g.hidden, 0.0f);
   for (int64_t o = 0; o < g.hidden; ++o) {
-    double acc = g.b1[o];
-    const float* w = g.w1 + o * F;
-    for (int64_t i = 0; i < F; ++i) acc += static_cast<double>(w[i]) * f[i];
+    const double acc = g.b1[o] + dot(g.w1 + o * F, f.data(), F);
     h1[o] = static_cast<float>(0.5 * acc * (1.0 + std::erf(acc / std::sqrt(2.0))));
   }
   for (int64_t h = 0; h < H; ++h) {
-    double acc = g.b2[h];
-    const float* w = g.w2 + h * g.hidden;
-    for (int64_t o = 0; o < g.hidden; ++o) acc += static_cast<double>(w[o]) * h1[o];
+    const double acc = g.b2[h] + dot(g.w2 + h * g.hidden, h1.data(), g.hidden);
     shift[h] = static_cast<float>(std::tanh(acc)) * g.max_shift;
   }
 }
@@ -304,11 +362,12 @@ std::vector<at::Tensor> learned_policy(
   const auto fqk_t = at::addmm(as_float(b_qk), pooled, as_float(w_qk));  // (B * nb, 2 * H * r), contiguous
   TORCH_CHECK(fqk_t.is_contiguous());
 
-  // -- scores and log block mass (scoring.block_log_mass), row entropies for the gate ---------------------------
+  // -- scores, log block mass (scoring.block_log_mass) and the gate's row entropies: one pass per (input, head) -----
   // s_ij = <fq_i, fk_j> · scale per head (the Python scorer's (B, H, nb, r) @ (B, H, r, nb)), clamped, plus the
-  // log real-token count of key block j, −inf on padded key blocks — one loop, vectorised over j (the key features
-  // transposed to (B, H, r, nb) first).  The transcendental work is two vectorised ATen calls (log_softmax, exp)
-  // over the whole (B, H, nb, nb) tensor — per element ~10x cheaper than libm calls.
+  // log real-token count of key block j, −inf on padded key blocks, then each row's log-softmax and (gated) its
+  // entropy −Σ p·max(ℓ, −1e4), p = exp(ℓ) — vectorised over j (the key features transposed to (B, H, r, nb) first),
+  // each row finished while it is in cache, in one parallel loop (each at::parallel_for region and ATen call is a
+  // fixed cost that, at GLUE lengths, rivals the loop it runs).
   std::vector<float> log_counts(B * nb);
   for (int64_t bj = 0; bj < B * nb; ++bj) log_counts[bj] = std::log(std::max(cnt[bj], 1.0f));
   const float* fq = fqk_t.data_ptr<float>();  // row stride 2R: fq at column 0, fk at column R
@@ -317,29 +376,20 @@ std::vector<at::Tensor> learned_policy(
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t j = 0; j < nb; ++j)
       for (int64_t c = 0; c < R; ++c) fkT[(bi * R + c) * nb + j] = fk[(bi * nb + j) * 2 * R + c];
-  auto scores = at::empty({B, H, nb, nb}, opts.dtype(at::kFloat));
-  float* sp = scores.data_ptr<float>();
+  auto log_mass = at::empty({B, H, nb, nb}, opts.dtype(at::kFloat));
+  float* lmw = log_mass.data_ptr<float>();
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * H, grain(nb * nb * (r + 2)), [&](int64_t lo, int64_t hi) {
+  std::vector<float> ent_mean(B * H, 0.0f);
+  at::parallel_for(0, B * H, grain(nb * nb * (r + 8)), [&](int64_t lo, int64_t hi) {
+    std::vector<float> e(nb);
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t bi = bh / H, h = bh % H;
-      score_head(fq + bi * nb * 2 * R + h * r, 2 * R, fkT.data() + (bi * R + h * r) * nb, r, nb, sc, cnt + bi * nb,
-                 log_counts.data() + bi * nb, sp + bh * nb * nb);
+      const double neg_ent = score_head(fq + bi * nb * 2 * R + h * r, 2 * R, fkT.data() + (bi * R + h * r) * nb, r,
+                                        nb, sc, cnt + bi * nb, log_counts.data() + bi * nb, gated, e.data(),
+                                        lmw + bh * nb * nb);
+      ent_mean[bh] = static_cast<float>(-neg_ent / static_cast<double>(nb));
     }
   });
-  auto log_mass = at::log_softmax(scores, -1);  // block 0 is always real: every row has a finite entry
-  const float* lmw = log_mass.data_ptr<float>();
-  std::vector<float> ent_mean(B * H, 0.0f);
-  if (gate.has_value()) {  // each head's mean row entropy −Σ p·max(ℓ, −1e4), p = exp(ℓ) (0 on padded keys)
-    const auto prob = at::exp(log_mass);
-    const float* pp2 = prob.data_ptr<float>();
-    at::parallel_for(0, B * H, grain(4 * nb * nb), [&](int64_t lo, int64_t hi) {
-      for (int64_t bh = lo; bh < hi; ++bh) {
-        const double ent_sum = -sum_products(pp2 + bh * nb * nb, lmw + bh * nb * nb, nb * nb);
-        ent_mean[bh] = static_cast<float>(ent_sum / static_cast<double>(nb));
-      }
-    });
-  }
 
   // -- gate (gating.GatingController): one threshold shift per input and head ---------------------------------
   at::Tensor shift;
@@ -379,8 +429,6 @@ std::vector<at::Tensor> learned_policy(
   auto kept_blocks = at::empty({B, H}, opts.dtype(at::kLong));
   auto off = as_float(offset), bud = as_float(budgets);
   const float* lm = lmw;
-  auto zbuf = at::empty({B, H, nb, nb}, opts.dtype(at::kFloat));  // z / T of the candidates, −inf elsewhere
-  float* zb = zbuf.data_ptr<float>();
   const float* offp = off.data_ptr<float>();
   const float* budp = bud.data_ptr<float>();
   const float* shp = shift.defined() ? shift.data_ptr<float>() : nullptr;
@@ -413,6 +461,7 @@ std::vector<at::Tensor> learned_policy(
   at::parallel_for(0, B * H, grain(4 * nb * nb), [&](int64_t lo, int64_t hi) {
     std::vector<uint32_t> keys, survivors, next;
     std::vector<int32_t> tail(nb);
+    std::vector<float> sig(nb);
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t bi = bh / H, h = bh % H;
       const uint8_t* is_floor = floor_b.data() + bi * nb * nb;
@@ -442,24 +491,15 @@ std::vector<at::Tensor> learned_policy(
       float theta = (upper + lower) / 2.0f;
       theta = theta + offp[h];
       if (shp) theta = theta + shp[bh];
-      const int64_t kept = mask_head(L, is_floor, is_cand, nb, theta, T, hp + bh * nb * nb, zb + bh * nb * nb,
-                                     nkb + bh * nb, kvi + bh * nb * nb, tail.data());
+      double soft = 0.0;
+      const int64_t kept = mask_head(L, is_floor, is_cand, nb, theta, T, hp + bh * nb * nb, nkb + bh * nb,
+                                     kvi + bh * nb * nb, tail.data(), sig.data(), &soft);
       const float denom = std::max(nr, 1.0f);
-      kf[bh] = nf;  // the floor counts 1 per pair; the candidates' σ(z / T) are added below
+      // relaxed keep fraction (a statistic; the sparsity loss's input in training): the floor counts 1 per pair,
+      // each candidate σ(z / T), over the real pairs
+      kf[bh] = static_cast<float>(static_cast<double>(nf) + soft) / denom;
       tk[bh] = std::max(1.0f - budp[h], nf / denom);
       kb[bh] = kept;
-    }
-  });
-  // relaxed keep fraction (a statistic; the sparsity loss's input in training): (#floor + Σ_cand σ(z / T)) / #real,
-  // the sigmoids in one vectorised call (σ(−inf) = 0 off the candidates)
-  const auto soft = at::sigmoid(zbuf);
-  const float* so = soft.data_ptr<float>();
-  at::parallel_for(0, B * H, grain(4 * nb * nb), [&](int64_t lo, int64_t hi) {
-    for (int64_t bh = lo; bh < hi; ++bh) {
-      const double acc = kf[bh] + sum_products(so + bh * nb * nb, nullptr, nb * nb);
-      float n_real_b = 0.0f;
-      for (int64_t j = 0; j < nb; ++j) n_real_b += cnt[(bh / H) * nb + j] > 0.0f;
-      kf[bh] = static_cast<float>(acc) / std::max(n_real_b * n_real_b, 1.0f);
     }
   });
   // _summarise: achieved block sparsity per input over the real pairs of every head (fp32, as the Python path)
