@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,9 +200,11 @@ def merge_rows(previous: list[dict], new: list[dict]) -> list[dict]:
     return [r for r in previous if (sweep_key(r), r.get("seed", 0)) not in swept] + new
 
 
-def write(out_file: Path, rows: list[dict], main_target: float) -> None:
+def write(out_file: Path, rows: list[dict], main_target: float, wall_s: float | None = None) -> None:
+    """``wall_s``: seconds this invocation has run so far (the sweep's runtime, for ARTIFACT.md)."""
+    prov = provenance() if wall_s is None else {**provenance(), "wall_s": round(wall_s, 1)}
     atomic_write_json(out_file, {"rows": rows, "main_target": main_target,
-                                 "matched": matched_summary(rows, main_target), "provenance": provenance()})
+                                 "matched": matched_summary(rows, main_target), "provenance": prov})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 (GLUE), 8 (--long)")
     parser.add_argument("--max-length", type=int, default=128, help="GLUE only")
     args = parser.parse_args(argv)
+    t0 = time.time()
 
     runs = Path(args.output_dir or f"runs/{args.preset}")
     if args.long is not None:
@@ -265,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             done = sweep_task(model_dir, task, seed, max_length=args.max_length, batch_size=batch_size,
                               eval_samples=args.eval_samples)
         rows, new = merge_rows(rows, done), new + done
-        write(out_file, rows, main_target)  # after every model: a killed sweep keeps what it did
-    write(out_file, rows, main_target)  # (also when --reuse found everything swept: the summary is rebuilt)
+        write(out_file, rows, main_target, time.time() - t0)  # after every model: a killed sweep keeps what it did
+    # also when --reuse found everything swept: the summary is rebuilt (no wall time then: nothing was swept)
+    write(out_file, rows, main_target, time.time() - t0 if new else None)
     for r in new:
         knob = f"w={r['static_window']}" if r["policy"] == "static" else f"t={r['target_sparsity']}"
         print(f"{sweep_key(r):14s} s{r['seed']} {r['policy']:13s} {knob:6s} {r['metric']} {r['score']:.4f} "
