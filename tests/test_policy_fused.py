@@ -44,13 +44,13 @@ def _fused_raw(attn, x, pad, budgets, temperature=1.0):
         attn.perforation.offset, budgets, attn.block_size, cfg.dense_cls_row, temperature)
 
 
-def _python_context(attn, x, pad, budgets):
+def _python_context(attn, x, pad, budgets, temperature=1.0):
     counts = block_token_counts(pad, attn.block_size)
     real = counts > 0
     return PolicyContext(hidden_states=x, q=None, k=None, key_padding=pad, counts=counts,
                          pair_real=(real[:, :, None] & real[:, None, :])[:, None],
                          floor=safety_floor(counts.shape[1], dense_cls_row=attn.config.dense_cls_row, device=x.device),
-                         budgets=budgets, temperature=1.0, training=False)
+                         budgets=budgets, temperature=temperature, training=False)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,6 +105,34 @@ def test_order_statistic_with_ties_and_long_rows(n, block, scorer):
         assert log_mass[0, 0, 1].unique().numel() <= 2  # really ties (full blocks and the partial last one)
     assert torch.equal(hard, ref.hard) and torch.equal(sparsity, ref.block_sparsity)
     assert torch.equal((kvn, kvi)[0], dense_to_block_mask(ref.hard)[0])
+
+
+@pytest.mark.parametrize("temperature", [0.01, 0.1, 1.0, 30.0])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 50.0])
+def test_relaxed_keep_and_log_mass_across_temperatures_and_scales(temperature, scale):
+    """The fused call's own exp (a polynomial, not ATen's) in the log-softmax and in the relaxed keep σ(z / T): from
+    nearly flat scores to ones spanning hundreds of nats (scale 50: most exponentials underflow), and from a hard
+    (T = 0.01: σ saturates to 0 or 1) to a soft temperature, the log block mass, the gate shift and the relaxed keep
+    fraction agree with the Python modules, and the decisions given the fused floats are exactly theirs."""
+    model = _model(2, True, False, 7)
+    attn = model.dendritic_layers()[1]
+    with torch.no_grad():
+        for lin in (attn.scorer.q_features, attn.scorer.k_features):
+            lin.weight.mul_(scale ** 0.5)
+            lin.bias.mul_(scale ** 0.5)
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(3, 70, model.config.hidden_size, generator=g)
+        pad = torch.arange(70)[None, :] < torch.tensor([70, 41, 3])[:, None]
+        budgets = torch.tensor([0.2, 0.5, 0.8, 0.95])
+        hard, _, _, keep_fraction, _, sparsity, log_mass, shift = _fused_raw(attn, x, pad, budgets, temperature)
+        ref_mass = attn.scorer(x, pad, attn.block_size)
+        fin = torch.isfinite(ref_mass)
+        assert torch.equal(torch.isinf(log_mass), torch.isinf(ref_mass))
+        torch.testing.assert_close(log_mass[fin], ref_mass[fin], atol=2e-5 * scale, rtol=1e-5)
+        torch.testing.assert_close(shift, attn.gate(x, pad, ref_mass), atol=2e-5, rtol=1e-5)
+        ref = _cut(attn, _python_context(attn, x, pad, budgets, temperature), log_mass, shift, relaxed=False)
+    assert torch.equal(hard, ref.hard) and torch.equal(sparsity, ref.block_sparsity)
+    torch.testing.assert_close(keep_fraction, ref.keep_fraction, atol=1e-5, rtol=1e-5)
 
 
 def test_scorer_weight_cache_follows_the_parameters():
