@@ -493,7 +493,10 @@ class LongPlan:
     ``[variant.<v>.by_length]``: settings of one length over the variant's ``settings`` (``2048 = { epochs = 4.0 }``).
     ``[[holdout]]``: candidate dense recipes (``name``, ``length``, ``seeds``, ``settings`` over the dense variant's)
     scored on a held-out slice of the *training* addresses (whole addresses, ``eval_split = "train_holdout"``), run
-    before the main runs as ``holdout-<name>-n<n>-seed<k>``: the dense recipe is chosen without looking at dev."""
+    before the main runs as ``holdout-<name>-n<n>-seed<k>``: the dense recipe is chosen without looking at dev.
+    ``variant = "dendritic"`` with ``from = "<dense candidate>"`` makes a DendriticBERT recipe candidate instead
+    (``settings`` over the dendritic variant's), sparsified from that dense candidate's model (kept for it) and scored
+    on the same held-out windows — so the DendriticBERT recipe is chosen without dev too."""
 
     preset: str
     task: str
@@ -530,11 +533,23 @@ class LongPlan:
                    variant=variant, extra=[dict(e) for e in raw.get("extra", [])], mlm_eval=dict(raw.get("mlm_eval", {})),
                    latency=dict(raw.get("latency", {})), holdout=[dict(h) for h in raw.get("holdout", [])])
         keys = [(h.get("name"), int(h.get("length", 0))) for h in plan.holdout]
-        for h, key in zip(plan.holdout, keys):
-            _known(h, {"name", "length", "seeds", "settings"}, f"{where} [[holdout]]")
+        for i, (h, key) in enumerate(zip(plan.holdout, keys)):
+            _known(h, {"name", "length", "seeds", "settings", "variant", "from"}, f"{where} [[holdout]]")
             if not h.get("name") or keys.count(key) > 1 or key[1] not in plan.lengths:
                 raise ValueError(f"{where} [[holdout]]: each needs a name, unique per length, and a length of the plan's "
                                  f"{plan.lengths}, got {h!r}")
+            kind = h.get("variant", "dense")
+            if kind not in ("dense", "dendritic") or (kind == "dense") == ("from" in h):
+                raise ValueError(f"{where} [[holdout]] {h['name']!r}: variant must be dense or dendritic, and a "
+                                 f"dendritic candidate (only) names the dense candidate it starts from (from = ...)")
+            if kind == "dendritic":
+                base = [b for b in plan.holdout[:i] if b.get("name") == h["from"] and b.get("variant", "dense") == "dense"
+                        and int(b.get("length", 0)) == key[1]]
+                if not base or not set(h.get("seeds", [0])) <= set(base[0].get("seeds", [0])):
+                    raise ValueError(f"{where} [[holdout]] {h['name']!r}: from = {h['from']!r} must be a dense candidate "
+                                     f"listed before it, at the same length, with its seeds")
+                if {"holdout_fraction", "holdout_seed"} & set(h.get("settings", {})):
+                    raise ValueError(f"{where} [[holdout]] {h['name']!r}: the held-out split is its dense candidate's")
         positions = plan.phase1.get("model_overrides", {}).get("max_position_embeddings", 512)
         if max(plan.lengths) > positions:
             raise ValueError(f"{where}: lengths up to {max(plan.lengths)} need [phase1] model_overrides."
@@ -561,15 +576,27 @@ class LongPlan:
         lengths = self.selected_lengths(sel)  # --tasks selects lengths here
         seeds = sel.seeds if sel.seeds is not None else self.seeds
         out = []
-        for h in self.holdout:  # recipe candidates first: the main dense recipe is chosen from them
+        for h in self.holdout:  # recipe candidates first: the main recipes are chosen from them
             n = int(h["length"])
             if n not in lengths:
                 continue
+            kind = h.get("variant", "dense")
+            base = next((b for b in self.holdout if kind == "dendritic" and b["name"] == h["from"]
+                         and int(b["length"]) == n), None)
+            starts_others = any(o.get("from") == h["name"] and int(o["length"]) == n for o in self.holdout)
             for seed in (s for s in h.get("seeds", [0]) if sel.seeds is None or s in sel.seeds):
-                settings = {**self._settings("dense", n, self.task), **h.get("settings", {}),
-                            "eval_split": "train_holdout"}
-                out.append(Run(self.task, f"holdout-{h['name']}-n{n}-seed{seed}", "dense", seed, "long/phase1",
-                               settings, group="long"))
+                name = f"holdout-{h['name']}-n{n}-seed{seed}"
+                if base is None:
+                    settings = {**self._settings("dense", n, self.task), **h.get("settings", {}),
+                                "eval_split": "train_holdout"}
+                    out.append(Run(self.task, name, "dense", seed, "long/phase1", settings, keep_model=starts_others,
+                                   group="long"))
+                else:  # sparsified from the dense candidate's model, on its training split, scored on its held-out one
+                    split = {k: v for k, v in base.get("settings", {}).items() if k in ("holdout_fraction", "holdout_seed")}
+                    settings = {**self._settings("dendritic", n, self.task), **h.get("settings", {}), **split,
+                                "eval_split": "train_holdout"}
+                    init = f"{RUN_PREFIX}long/{self.task}/holdout-{base['name']}-n{n}-seed{seed}"
+                    out.append(Run(self.task, name, "dendritic", seed, init, settings, group="long"))
         for seed in seeds:  # seed by seed: seed 0 at every length first (the latency step times the seed-0 models)
             for n in lengths:
                 dense = f"dense-n{n}-seed{seed}"

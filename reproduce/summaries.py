@@ -282,6 +282,28 @@ def _sparsify_rows(folder: Path) -> list[dict]:
 
 
 # -- long documents --------------------------------------------------------------------------------------------------
+def _holdout_row(r: dict, task_dir: Path) -> dict:
+    """One recipe candidate scored on held-out training windows.  A DendriticBERT candidate (sparsified from a dense
+    candidate's model: its ``init_from``) also gets its achieved block sparsity, whether its training masks carried
+    the relaxation's noise (``gumbel``), and its retention and prediction agreement vs that dense candidate, on the
+    same held-out windows."""
+    cfg = r["resolved_config"]
+    overrides = cfg.get("model_overrides") or {}
+    row = {"name": r["name"].rsplit("-n", 1)[0].removeprefix("holdout-"), "variant": r.get("variant", "dense"),
+           "n": cfg.get("max_length"), "seed": r["seed"], "metric": r["metric"], "score": r["score"],
+           "majority_score": r["metrics"].get("majority_rate"), "train_windows": r["train_examples"],
+           "held_out_windows": r["dev_examples"], "epochs": cfg.get("epochs"), "learning_rate": cfg.get("learning_rate"),
+           "pooling": overrides.get("classifier_pooling", "cls")}
+    if row["variant"] == "dendritic":
+        base_file = task_dir / f"{Path(str(cfg.get('init_from', ''))).name}.json"
+        base = json.loads(base_file.read_text()) if base_file.exists() else None
+        row.update(sparsity=r.get("sparsity_mean"), target_sparsity=r.get("target_sparsity"),
+                   gumbel=overrides.get("gumbel", True), dense_candidate=base_file.stem,
+                   dense_score=base and base["score"], retention=base and r["score"] / base["score"],
+                   agreement=base and float(np.mean(np.asarray(r["predictions"]) == np.asarray(base["predictions"]))))
+    return row
+
+
 def _timed_these_models(row: dict, runs: dict) -> bool:
     """Whether a latency row timed the models of the committed results: its ``models`` (each timed model's result
     fingerprint) match the results of its seed.  Rows timed before ``models`` was recorded carry none and are kept
@@ -335,12 +357,7 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
                              "attention_share": t and t.get("attention_share"), "amdahl_bound": t and t.get("amdahl_bound"),
                              "latency_sparsity": t and t.get("achieved_sparsity"), "latency_seed": t and t.get("seed"),
                              "path": t and t.get("path"), "latency_measured": t and t.get("measured")})
-    holdout = [{"name": r["name"].rsplit("-n", 1)[0].removeprefix("holdout-"),
-                "n": r["resolved_config"].get("max_length"), "seed": r["seed"], "metric": r["metric"],
-                "score": r["score"], "majority_score": r["metrics"].get("majority_rate"),
-                "train_windows": r["train_examples"], "held_out_windows": r["dev_examples"],
-                "epochs": r["resolved_config"].get("epochs"), "learning_rate": r["resolved_config"].get("learning_rate"),
-                "pooling": (r["resolved_config"].get("model_overrides") or {}).get("classifier_pooling", "cls")}
+    holdout = [_holdout_row(r, results / task)
                for task in tasks for f in sorted((results / task).glob("holdout-*.json"))
                for r in [{**json.loads(f.read_text()), "name": f.stem}]]
     return {"rows": rows, "mlm": mlm.get("rows", []), "holdout": holdout, "latency_of_other_models": unmatched,

@@ -347,6 +347,24 @@ def test_long_plan_holdout_candidates(tmp_path):
     (cfg / "long.toml").write_text(base + holdout + holdout)
     with pytest.raises(ValueError, match="unique per length"):
         LongPlan.load("small", tmp_path)
+    # a DendriticBERT candidate: sparsified from a dense candidate's model (kept for it), on that candidate's split
+    dend = ('[[holdout]]\nname = "nonoise"\nvariant = "dendritic"\nfrom = "all-2ep"\nlength = 1024\nseeds = [1]\n'
+            'settings = { model_overrides = { gumbel = false } }\n')
+    (cfg / "long.toml").write_text(base + holdout + dend)
+    runs = {r.name: r for r in LongPlan.load("small", tmp_path).runs(Selection(seeds=[1], names=["holdout-nonoise-n1024-seed1"]))}
+    assert set(runs) == {"holdout-all-2ep-n1024-seed1", "holdout-nonoise-n1024-seed1"}  # --runs brings its dense model
+    cand, base_run = runs["holdout-nonoise-n1024-seed1"], runs["holdout-all-2ep-n1024-seed1"]
+    assert cand.variant == "dendritic" and cand.init == "run:long/sotu_party/holdout-all-2ep-n1024-seed1"
+    assert base_run.keep_model and cand.settings["eval_split"] == "train_holdout"
+    assert cand.settings["holdout_fraction"] == 0.2 and cand.settings["model_overrides"] == {"gumbel": False}
+    assert cand.settings["target_sparsity"] == 0.75  # the dendritic variant's settings underneath
+    for bad in (dend.replace('from = "all-2ep"\n', ""),  # a dendritic candidate names its dense model
+                dend.replace('"all-2ep"', '"missing"'),
+                dend.replace("seeds = [1]", "seeds = [2]"),  # seeds its dense candidate does not train
+                dend.replace("{ model_overrides = { gumbel = false } }", "{ holdout_fraction = 0.3 }")):
+        (cfg / "long.toml").write_text(base + holdout + bad)
+        with pytest.raises(ValueError, match="holdout"):
+            LongPlan.load("small", tmp_path)
     # a recipe chosen per length: [variant.dense.by_length] over [variant.dense] settings, for that length only
     per_length = base.replace("[variant.dendritic]", "[variant.dense.by_length]\n2048 = { epochs = 4.0 }\n[variant.dendritic]")
     (cfg / "long.toml").write_text(per_length)
@@ -382,8 +400,20 @@ def test_long_summary_lists_holdout_runs(tmp_path):
     (tmp_path / "sotu_party" / "holdout-all-2ep-n1024-seed0.json").write_text(json.dumps(rec))
     out = summarise_long(tmp_path, ["sotu_party"], {"sotu_party": [1024]})
     assert out["rows"] == [] and out["holdout"] == [
-        {"name": "all-2ep", "n": 1024, "seed": 0, "metric": "accuracy", "score": 0.61, "majority_score": 0.506,
-         "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5, "pooling": "cls"}]
+        {"name": "all-2ep", "variant": "dense", "n": 1024, "seed": 0, "metric": "accuracy", "score": 0.61,
+         "majority_score": 0.506, "train_windows": 1106, "held_out_windows": 265, "epochs": 2.0, "learning_rate": 5e-5,
+         "pooling": "cls"}]
+    # a DendriticBERT candidate: retention and agreement vs the dense candidate it was sparsified from, same windows
+    base = {**rec, "variant": "dense", "score": 0.60, "predictions": [0, 1, 1, 0]}
+    dend = {**rec, "variant": "dendritic", "score": 0.57, "predictions": [0, 1, 0, 0], "sparsity_mean": 0.8,
+            "target_sparsity": 0.75, "resolved_config": {**rec["resolved_config"], "model_overrides": {"gumbel": False},
+                                                         "init_from": "runs/small/long/sotu_party/holdout-b-n1024-seed0"}}
+    (tmp_path / "sotu_party" / "holdout-b-n1024-seed0.json").write_text(json.dumps(base))
+    (tmp_path / "sotu_party" / "holdout-nonoise-n1024-seed0.json").write_text(json.dumps(dend))
+    rows = {h["name"]: h for h in summarise_long(tmp_path, ["sotu_party"], {"sotu_party": [1024]})["holdout"]}
+    got = rows["nonoise"]
+    assert got["variant"] == "dendritic" and got["gumbel"] is False and got["dense_candidate"] == "holdout-b-n1024-seed0"
+    assert got["retention"] == pytest.approx(0.95) and got["agreement"] == pytest.approx(0.75) and got["sparsity"] == 0.8
 
 
 def test_long_summary_pairs_latency_only_with_the_models_it_timed(tmp_path):

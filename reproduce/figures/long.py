@@ -106,9 +106,10 @@ def table_long_mlm(out: Output) -> None:
 
 
 def table_long_holdout(out: Output) -> None:
-    """The dense-recipe candidates: each trained on the training addresses minus a held-out fifth (whole addresses)
-    and scored there — the recipe of the main runs is chosen from these, never from dev."""
-    what = "long-document dense-recipe table (table_long_holdout)"
+    """The recipe candidates (dense, and DendriticBERT sparsified from a dense candidate): each trained on the training
+    addresses minus a held-out fifth (whole addresses) and scored there — the recipes of the main runs are chosen from
+    these, never from dev."""
+    what = "long-document recipe-candidate table (table_long_holdout)"
     path = out.results / "long" / "summary.json"
     if not require(out, what, path):
         return
@@ -116,20 +117,32 @@ def table_long_holdout(out: Output) -> None:
     if not holdout:
         out.skip(what, "long/summary.json has no held-out recipe runs yet")
         return
-    header = ["n", "candidate", "pooling", "epochs", "learning rate", "seed", "train windows", "held-out windows",
-              "majority %", "accuracy %", "Δ vs majority"]
-    cols = ["n", "name", "pooling", "epochs", "learning_rate", "seed", "train_windows", "held_out_windows",
-            "majority_score", "score"]
-    ordered = sorted(holdout, key=lambda h: (h["n"], h["name"], h["seed"]))
-    rows = [[str(h["n"]), h["name"], h.get("pooling", "cls"), num(h["epochs"], 1), f"{h['learning_rate']:g}",
-             str(h["seed"]), str(h["train_windows"]), str(h["held_out_windows"]), _pct(h["majority_score"]),
-             _pct(h["score"]), f"{100 * (h['score'] - h['majority_score']):+.1f}" if is_num(h["majority_score"]) else "–"]
+    header = ["n", "candidate", "variant", "pooling", "epochs", "learning rate", "seed", "train windows",
+              "held-out windows", "majority %", "accuracy %", "Δ vs majority", "block sparsity %", "mask noise",
+              "retention %", "agreement %"]
+    cols = ["n", "name", "variant", "pooling", "epochs", "learning_rate", "seed", "train_windows", "held_out_windows",
+            "majority_score", "score", "sparsity", "gumbel", "retention", "agreement"]
+    ordered = sorted(holdout, key=lambda h: (h["n"], h.get("variant", "dense") != "dense", h["name"], h["seed"]))
+
+    def dendritic_cells(h):  # DendriticBERT candidates: vs the dense candidate they were sparsified from
+        if h.get("variant", "dense") != "dendritic":
+            return ["–"] * 4
+        return [_pct(h.get("sparsity")), "yes" if h.get("gumbel", True) else "no", _pct(h.get("retention")),
+                _pct(h.get("agreement"))]
+
+    rows = [[str(h["n"]), h["name"], h.get("variant", "dense"), h.get("pooling", "cls"), num(h["epochs"], 1),
+             f"{h['learning_rate']:g}", str(h["seed"]), str(h["train_windows"]), str(h["held_out_windows"]),
+             _pct(h["majority_score"]), _pct(h["score"]),
+             f"{100 * (h['score'] - h['majority_score']):+.1f}" if is_num(h["majority_score"]) else "–",
+             *dendritic_cells(h)]
             for h in ordered]
-    caption = ["Dense recipe candidates for the long-document task (sotu_party), each trained on the training addresses "
+    caption = ["Recipe candidates for the long-document task (sotu_party), each trained on the training addresses "
                "minus a held-out fifth of them (whole addresses, holdout seed 1234) and scored on the held-out windows; "
-               "the recipe of the main runs is chosen here, never on dev.  pooling: cls = BERT's pooler on [CLS], "
-               "mean = mean of the last layer over the tokens."]
-    out.table("table_long_holdout", header, rows, caption, [path], "long-document dense-recipe candidates",
+               "the recipes of the main runs are chosen here, never on dev.  pooling: cls = BERT's pooler on [CLS], "
+               "mean = mean of the last layer over the tokens.  DendriticBERT candidates are sparsified from a dense "
+               "candidate's model (same split); retention and agreement are vs that model on the same held-out "
+               "windows; mask noise = the relaxation's logistic noise on the training masks (perforation.py)."]
+    out.table("table_long_holdout", header, rows, caption, [path], "long-document recipe candidates (dense and DendriticBERT)",
               csv_header=cols, csv_rows=[[h.get(c) for c in cols] for h in ordered])
 
 
