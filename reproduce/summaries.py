@@ -59,7 +59,7 @@ def summarise_glue(results: Path, tasks: list[str]) -> dict:
         per_input = [x for r in by["dendritic"].values() for x in r["per_input_sparsity"]]
         pair = [r["pair_sparsity_mean"] for r in by["dendritic"].values()]
         agreement = [
-            float(np.mean(np.asarray(r["predictions"]) == np.asarray(by["dense"][s]["predictions"])))
+            _agreement(r, by["dense"][s])
             for s, r in by["dendritic"].items() if s in by["dense"] and not _is_regression(task)
         ]
         summary[task] = {
@@ -260,22 +260,35 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
     return out
 
 
+def _agreement(a: dict, b: dict) -> float:
+    """Share of inputs on which two runs' predictions agree (classification results on the same inputs)."""
+    return float(np.mean(np.asarray(a["predictions"]) == np.asarray(b["predictions"])))
+
+
+def _vs_init_run(r: dict, folder: Path, classification: bool) -> dict | None:
+    """A DendriticBERT result beside the dense run it was sparsified from (its ``init_from``, a result file in
+    ``folder`` scored on the same inputs): that run's name and score, retention and agreement (None unless
+    ``classification``: a regression has no class to agree on); None if that run's file is absent."""
+    base_file = folder / f"{Path(str(r['resolved_config'].get('init_from', ''))).name}.json"
+    if not base_file.exists():
+        return None
+    base = json.loads(base_file.read_text())
+    return {"dense_run": base_file.stem, "dense_score": base["score"],
+            "retention": r["score"] / base["score"] if base["score"] else None,
+            "agreement": _agreement(r, base) if classification else None}
+
+
 def _sparsify_rows(folder: Path) -> list[dict]:
     """The target search ([sparsify]): per DendriticBERT run, its held-out score beside the dense run it started from
     (same seed, same slice): retention, agreement of predictions, achieved block sparsity."""
     rows = []
     for f in sorted(folder.glob("dendritic-t*-seed*.json")):
         r = json.loads(f.read_text())
-        base_file = folder / f"{Path(r['resolved_config']['init_from']).name}.json"
-        if not base_file.exists():
+        vs = _vs_init_run(r, folder, classification=not _is_regression(r["task"]))
+        if vs is None:
             continue
-        base = json.loads(base_file.read_text())
-        agree = (float(np.mean(np.asarray(r["predictions"]) == np.asarray(base["predictions"])))
-                 if not _is_regression(r["task"]) else None)  # regression: no predicted class to agree on
         rows.append({"run": f.stem, "target_sparsity": r["target_sparsity"], "seed": r["seed"], "metric": r["metric"],
-                     "score": r["score"], "dense_run": base_file.stem, "dense_score": base["score"],
-                     "retention": r["score"] / base["score"] if base["score"] else None, "agreement": agree,
-                     "sparsity_mean": r["sparsity_mean"], "block_size": r.get("block_size"),
+                     "score": r["score"], **vs, "sparsity_mean": r["sparsity_mean"], "block_size": r.get("block_size"),
                      "wall_time_s": r.get("wall_time_s")})
     return sorted(rows, key=lambda x: (x["seed"], x["target_sparsity"]))
 
@@ -295,12 +308,10 @@ def _holdout_row(r: dict, task_dir: Path) -> dict:
            "held_out_windows": r["dev_examples"], "epochs": cfg.get("epochs"), "learning_rate": cfg.get("learning_rate"),
            "pooling": overrides.get("classifier_pooling", "cls")}
     if row["variant"] == "dendritic":
-        base_file = task_dir / f"{Path(str(cfg.get('init_from', ''))).name}.json"
-        base = json.loads(base_file.read_text()) if base_file.exists() else None
+        vs = _vs_init_run(r, task_dir, classification=True) or {}  # the long tasks are classifications
         row.update(sparsity=r.get("sparsity_mean"), target_sparsity=r.get("target_sparsity"),
-                   gumbel=overrides.get("gumbel", True), dense_candidate=base_file.stem,
-                   dense_score=base and base["score"], retention=base and r["score"] / base["score"],
-                   agreement=base and float(np.mean(np.asarray(r["predictions"]) == np.asarray(base["predictions"]))))
+                   gumbel=overrides.get("gumbel", True), dense_candidate=vs.get("dense_run"),
+                   dense_score=vs.get("dense_score"), retention=vs.get("retention"), agreement=vs.get("agreement"))
     return row
 
 
@@ -335,8 +346,7 @@ def summarise_long(results: Path, tasks: list[str], lengths_by_task: dict[str, l
             dense_m, dense_s = _mean_std([runs["dense"][s]["score"] for s in paired])
             den_m, den_s = _mean_std([runs["dendritic"][s]["score"] for s in paired])
             first = runs["dendritic"][paired[0]]
-            agreement = [float(np.mean(np.asarray(runs["dendritic"][s]["predictions"]) ==
-                                       np.asarray(runs["dense"][s]["predictions"]))) for s in paired]
+            agreement = [_agreement(runs["dendritic"][s], runs["dense"][s]) for s in paired]
             base = {"task": task, "n": n, "block_size": first["block_size"], "target_sparsity": first["target_sparsity"],
                     "achieved_sparsity": float(np.mean([runs["dendritic"][s]["sparsity_mean"] for s in paired])),
                     "metric": first["metric"], "majority_score": first["metrics"]["majority_rate"],

@@ -141,6 +141,17 @@ float pool_block(const float* xp, const bool* kp, int64_t t0, int64_t t1, int64_
   return c;
 }
 
+// Σ a_j over m floats in 8 lanes, then the lanes pairwise (an in-order float sum does not vectorise); inlined into
+// each ISA clone that calls it.
+static inline float lane_sum(const float* a, int64_t m) {
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[j + u];
+  for (; j < m; ++j) acc[0] += a[j];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // exp(x) in fp32 for the vectorised loops below (Cephes' expf: Cody–Waite reduction by ln 2, a degree-6
 // polynomial, 2^k by exponent bits; within ~2 ulp of libm), branch-free so that GCC vectorises the loop that calls
 // it.  x < −87.3 (−inf included) gives 0; x is capped at 88 (the callers' arguments never exceed 0 — softmax — or
@@ -199,21 +210,13 @@ double score_head(const float* q, int64_t q_stride, const float* kT, int64_t r, 
     float mx = mx8[0];
     for (int u = 1; u < 8; ++u) mx = mx8[u] > mx ? mx8[u] : mx;
     for (j = 0; j < nb; ++j) e[j] = fast_exp(row[j] - mx);
-    float sum8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    j = 0;
-    for (; j + 8 <= nb; j += 8)
-      for (int u = 0; u < 8; ++u) sum8[u] += e[j + u];
-    for (; j < nb; ++j) sum8[0] += e[j];
-    const float sum = ((sum8[0] + sum8[1]) + (sum8[2] + sum8[3])) + ((sum8[4] + sum8[5]) + (sum8[6] + sum8[7]));
+    const float sum = lane_sum(e, nb);
     const float lse = std::log(sum);
     for (j = 0; j < nb; ++j) row[j] = (row[j] - mx) - lse;
-    if (entropy) {
+    if (entropy) {  // p · max(ℓ, −1e4) in place of e, p = e / sum
       const float inv = 1.0f / sum;
-      float acc8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-      for (j = 0; j + 8 <= nb; j += 8)
-        for (int u = 0; u < 8; ++u) acc8[u] += (e[j + u] * inv) * (row[j + u] < -1e4f ? -1e4f : row[j + u]);
-      for (; j < nb; ++j) acc8[0] += (e[j] * inv) * (row[j] < -1e4f ? -1e4f : row[j]);
-      ent += ((acc8[0] + acc8[1]) + (acc8[2] + acc8[3])) + ((acc8[4] + acc8[5]) + (acc8[6] + acc8[7]));
+      for (j = 0; j < nb; ++j) e[j] = (e[j] * inv) * (row[j] < -1e4f ? -1e4f : row[j]);
+      ent += lane_sum(e, nb);
     }
   }
   return ent;
@@ -222,7 +225,7 @@ double score_head(const float* q, int64_t q_stride, const float* kT, int64_t r, 
 // One head's hard mask [z > 0] ∪ floor (z = clamp(ℓ, ±BIG) − θ on the candidates) and the compact layout — kept
 // key blocks first, then the skipped ones, each ascending (layout.py) — branch-free.  Returns the number of kept
 // blocks; *soft gets Σ over the candidates of σ(z / T), the relaxed keep (perforation: sigmoid(z / T)).  sig is
-// scratch of nb floats (the row's σ, summed in 8 lanes: an in-order float sum does not vectorise).
+// scratch of nb floats (the row's σ, then lane_sum).
 DENDRITIC_ISA_CLONES
 int64_t mask_head(const float* L, const uint8_t* is_floor, const uint8_t* is_cand, int64_t nb, float theta, float T,
                   bool* hard, int32_t* counts, int32_t* idx, int32_t* tail, float* sig, double* soft) {
@@ -237,15 +240,10 @@ int64_t mask_head(const float* L, const uint8_t* is_floor, const uint8_t* is_can
       const float sg = 1.0f / (1.0f + fast_exp(-(z / T)));
       sig[j] = is_cand[o + j] ? sg : 0.0f;
     }
-    float acc8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    int64_t j = 0;
-    for (; j + 8 <= nb; j += 8)
-      for (int u = 0; u < 8; ++u) acc8[u] += sig[j + u];
-    for (; j < nb; ++j) acc8[0] += sig[j];
-    soft_sum += ((acc8[0] + acc8[1]) + (acc8[2] + acc8[3])) + ((acc8[4] + acc8[5]) + (acc8[6] + acc8[7]));
+    soft_sum += lane_sum(sig, nb);
     int32_t* row = idx + o;
     int32_t k = 0, s = 0;
-    for (j = 0; j < nb; ++j) {
+    for (int64_t j = 0; j < nb; ++j) {
       const int32_t keep = hard[o + j];
       row[k] = static_cast<int32_t>(j);
       tail[s] = static_cast<int32_t>(j);
