@@ -89,10 +89,32 @@ def ensure_pretrain(key: str, table: dict[str, Pretrain], *, preset: str, run_di
     return out
 
 
+def _dendritic_defaults() -> dict:
+    """DendriticBERT's own model options (not BERT's) at their defaults — what a model override of one of them
+    means when it is absent."""
+    from transformers import BertConfig
+
+    from dendritic.config import DendriticConfig
+
+    own = DendriticConfig().to_dict()
+    return {k: v for k, v in own.items() if k not in BertConfig().to_dict()}
+
+
+def _effective(key: str, value, defaults: dict):
+    """``model_overrides`` compared by effect: an override of a DendriticBERT option to its default is no change
+    (``{"gumbel": True}`` is the same model as ``{}``); BERT's own options are kept as written (the pretrained
+    model's value, not BertConfig's default, applies when they are absent)."""
+    if key != "model_overrides" or not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if not (k in defaults and defaults[k] == v)}
+
+
 def _check_same_settings(path: Path, resolved: dict, wanted: dict) -> None:
     """A finished result is reused only if it was made with the settings asked for now: a changed plan must not
     silently mix with old results."""
-    differ = {k: (resolved.get(k), v) for k, v in wanted.items() if k in resolved and resolved.get(k) != v}
+    defaults = _dendritic_defaults() if "model_overrides" in wanted else {}
+    differ = {k: (resolved.get(k), v) for k, v in wanted.items()
+              if k in resolved and _effective(k, resolved.get(k), defaults) != _effective(k, v, defaults)}
     if differ:
         raise RuntimeError(f"{path} was made with other settings ({differ}: (file, now)); use another results "
                            "folder or remove it to rerun")

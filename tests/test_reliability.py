@@ -421,6 +421,28 @@ def test_finished_result_with_other_settings_is_not_reused(tmp_path):
         run_one(Run("rte", "dense-seed0", "dense", 0, "phase1", {"epochs": 3.0, "train_samples": 1500}), **kw)
 
 
+def test_model_override_to_its_default_is_the_same_setting(tmp_path):
+    """``model_overrides`` are compared by effect: DendriticBERT's ``gumbel = true`` is its default (the same model as
+    no override), ``gumbel = false`` is not; BERT's own options count as written."""
+    from reproduce.plans import Run
+    from reproduce.runner import run_one
+
+    result = {"score": 0.5, "resolved_config": {"epochs": 1.0, "model_overrides": {"attention_probs_dropout_prob": 0.0}},
+              "provenance": {"schema_version": RESULTS_SCHEMA_VERSION}}
+    atomic_write_json(tmp_path / "rte" / "dendritic-seed0.json", result)
+    kw = dict(preset="small", run_dir=tmp_path, results=tmp_path, init_from="unused", config_dir=REPO / "reproduce" / "configs")
+
+    def run(overrides):
+        return run_one(Run("rte", "dendritic-seed0", "dendritic", 0, "phase1",
+                           {"epochs": 1.0, "model_overrides": overrides}), **kw)
+
+    assert run({"attention_probs_dropout_prob": 0.0, "gumbel": True})["score"] == 0.5  # reused
+    with pytest.raises(RuntimeError, match=r"other settings.*gumbel"):
+        run({"attention_probs_dropout_prob": 0.0, "gumbel": False})
+    with pytest.raises(RuntimeError, match=r"other settings.*attention_probs_dropout_prob"):
+        run({"gumbel": True})  # BERT's option dropped: the pretrained model's value would apply
+
+
 # ==================================================================================================================
 # Randomised: the model-level policy
 # ==================================================================================================================
