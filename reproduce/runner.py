@@ -103,7 +103,10 @@ def _dendritic_defaults() -> dict:
 def _effective(key: str, value, defaults: dict):
     """``model_overrides`` compared by effect: an override of a DendriticBERT option to its default is no change
     (``{"gumbel": True}`` is the same model as ``{}``); BERT's own options are kept as written (the pretrained
-    model's value, not BertConfig's default, applies when they are absent)."""
+    model's value, not BertConfig's default, applies when they are absent).  Limitation: a run that starts from a
+    checkpoint whose own config changed that option (e.g. a ``no_gumbel`` phase 2) reads an absent override as the
+    checkpoint's value, so there ``{"gumbel": True}`` and ``{}`` do differ and this check would not tell them apart;
+    no plan writes such a pair."""
     if key != "model_overrides" or not isinstance(value, dict):
         return value
     return {k: v for k, v in value.items() if not (k in defaults and defaults[k] == v)}
