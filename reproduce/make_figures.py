@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--out", default=str(FIGURES_DIR), help="output folder")
-    parser.add_argument("--only", nargs="*", default=None, help="builder names to run (default: all)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="builder names to run (default: all); MANIFEST.md is then left as it was")
     parser.add_argument("--readme", default=None, help="also copy <out>/table1_glue.md into this README's markers")
     args = parser.parse_args(argv)
     results, out_dir = Path(args.results), Path(args.out)
@@ -60,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     for build in builders:
         style()  # every figure starts from the same rcParams
         build(out)
-    manifest = out.manifest()
-    print(f"{len(out.entries)} files, {len(out.skipped)} skipped; manifest {manifest}", flush=True)
+    if args.only is None:
+        print(f"{len(out.entries)} files, {len(out.skipped)} skipped; manifest {out.manifest()}", flush=True)
+    else:  # a partial run knows only its own files: the manifest of the whole folder stays as it was
+        print(f"{len(out.entries)} files, {len(out.skipped)} skipped; {out_dir / 'MANIFEST.md'} left as it was "
+              "(--only; run without it to rewrite the manifest)", flush=True)
     if args.readme:  # only a table this run wrote (a stale one from an earlier run is not copied)
         wrote = any(f == "table1_glue.md" for f, _, _ in out.entries)
         done = wrote and embed_table1(Path(args.readme), out_dir / "table1_glue.md")

@@ -18,6 +18,7 @@ its phase-3 settings.  The checkpoints runs start from are
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -381,7 +382,10 @@ class RecipePlan:
     ``[init_comparison]`` reruns each listed task's chosen learning rate from the other starting checkpoint.
     ``[sparsify]`` chooses DendriticBERT's target the same way: each listed task's dense run at the GLUE plan's dense
     learning rate (kept) is sparsified with the GLUE plan's DendriticBERT settings at each ``targets`` value, trained
-    on the same training part and scored on the same held-out slice (run names ``dendritic-t<target>-seed<k>``)."""
+    on the same training part and scored on the same held-out slice (run names ``dendritic-t<target>-seed<k>``).
+    ``[[candidate]]``: a further dense recipe of one task (``task``, ``name``, ``settings`` over the task's — e.g. more
+    epochs where the learning-rate search points to under-training), run as ``dense-<name>-seed<k>`` on the same
+    held-out slice and in the same contest for the task's best recipe."""
 
     preset: str
     tasks: list[str]
@@ -394,14 +398,15 @@ class RecipePlan:
     compare_learning_rates: dict[str, float] = field(default_factory=dict)
     sparsify_targets: list[float] = field(default_factory=list)
     sparsify_tasks: list[str] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)  # [[candidate]]: {task, name, settings}
     glue: GluePlan | None = None
     kind: str = "recipes"
 
     @classmethod
     def load(cls, preset: str, config_dir: Path = CONFIGS) -> "RecipePlan":
         raw = _read("recipes", preset, config_dir)
-        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task", "init_comparison", "sparsify"},
-               f"{preset}/recipes.toml")
+        _known(raw, {"tasks", "seeds", "learning_rates", "init", "common", "task", "init_comparison", "sparsify",
+                     "candidate"}, f"{preset}/recipes.toml")
         common = dict(raw.get("common", {}))
         if common.get("eval_split") != "train_holdout":
             raise ValueError(f"{preset}/recipes.toml: recipes are chosen on held-out training data "
@@ -423,16 +428,47 @@ class RecipePlan:
         sparsify = dict(raw.get("sparsify", {}))
         _known(sparsify, {"targets", "tasks"}, f"{preset}/recipes.toml [sparsify]")
         tasks = _check_tasks(raw["tasks"], "recipes")
+        candidates = [cls._candidate(c, i, tasks, common, task, preset, config_dir)
+                      for i, c in enumerate(raw.get("candidate", []))]
+        searched = ({f"lr{float(lr):g}" for lr in raw["learning_rates"]}
+                    | {f"{compare_init}-lr{lr:g}" for lr in compare_lrs.values()})
+        names = [(c["task"], c["name"]) for c in candidates]
+        clash = sorted({n for t, n in names if n in searched or names.count((t, n)) > 1})
+        if clash:
+            raise ValueError(f"{preset}/recipes.toml [[candidate]]: names {clash} repeat a candidate's or the "
+                             "learning-rate search's or the init comparison's run name of the same task")
         plan = cls(preset=preset, tasks=tasks, seeds=[int(s) for s in raw["seeds"]],
                    learning_rates=[float(x) for x in raw["learning_rates"]], init=init, common=common, task=task,
                    compare_init=compare_init, compare_learning_rates=compare_lrs,
                    sparsify_targets=[float(t) for t in sparsify.get("targets", [])],
-                   sparsify_tasks=_check_tasks(sparsify.get("tasks", tasks if sparsify else []), "[sparsify] tasks"))
+                   sparsify_tasks=_check_tasks(sparsify.get("tasks", tasks if sparsify else []), "[sparsify] tasks"),
+                   candidates=candidates)
         if plan.sparsify_targets:
             plan.glue = GluePlan.load(preset, config_dir)
             for t in plan.sparsify_tasks:
                 plan._sparsify_lr(t)  # fails here when the GLUE plan's dense lr was not searched
         return plan
+
+    @staticmethod
+    def _candidate(raw: dict, i: int, tasks: list[str], common: dict, task_settings: dict, preset: str,
+                   config_dir: Path) -> dict:
+        """One ``[[candidate]]`` entry, checked (known keys, a searched task, a run-name-safe name, settings that make
+        a valid phase-3 config) before any training starts."""
+        where = f"{preset}/recipes.toml [[candidate]] #{i + 1}"
+        _known(raw, {"task", "name", "settings"}, where)
+        missing = sorted({"task", "name", "settings"} - set(raw))
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        task = str(raw["task"]).lower()
+        if task not in tasks:
+            raise ValueError(f"{where}: task {task!r} is not among the searched tasks {tasks}")
+        name = str(raw["name"])
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", name) or "-seed" in name:
+            raise ValueError(f"{where}: name {name!r} must be letters, digits, '.', '+', '-' (no '-seed'): it is "
+                             "part of the run name dense-<name>-seed<k>")
+        settings = dict(raw["settings"])
+        load_phase_config(3, preset, {**common, **task_settings.get(task, {}), **settings}, config_dir=config_dir)
+        return {"task": task, "name": name, "settings": settings}
 
     def _sparsify_lr(self, task: str) -> float:
         """The GLUE plan's dense learning rate for ``task`` — the recipe run that is sparsified."""
@@ -457,6 +493,10 @@ class RecipePlan:
                        {**self.common, **self.task.get(task, {}), "learning_rate": lr}, group="recipes")
 
         out = [run(task, lr, seed, self.init) for task in tasks for lr in self.learning_rates for seed in seeds]
+        # Further candidates of single tasks ([[candidate]]), in the same contest.
+        out += [Run(c["task"], f"dense-{c['name']}-seed{seed}", "dense", seed, self.init,
+                    {**self.common, **self.task.get(c["task"], {}), **c["settings"]}, group="recipes")
+                for c in self.candidates if c["task"] in tasks for seed in seeds]
         # The init comparison after the search: the same recipe (the task's chosen lr) from the other checkpoint.
         out += [run(task, self.compare_learning_rates[task], seed, self.compare_init)
                 for task in tasks if task in self.compare_learning_rates for seed in seeds]

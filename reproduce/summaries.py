@@ -228,7 +228,8 @@ def summarise_diagnostics(results: Path, entries: dict[str, dict]) -> dict:
 # -- recipes ---------------------------------------------------------------------------------------------------------
 def summarise_recipes(results: Path, tasks: list[str]) -> dict:
     """Per task: every recipe's held-out score (mean over its seeds) and the best one — the dense baseline recipe of
-    the GLUE plan.  Ties keep the smaller learning rate (listed first)."""
+    the GLUE plan.  Rows go by learning rate, then epochs; ties keep the first (the smaller learning rate, then the
+    fewer epochs)."""
     out: dict = {}
     for task in tasks:
         by_recipe: dict[str, list[dict]] = {}
@@ -237,7 +238,11 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
         if not by_recipe:
             continue
         rows = []
-        for name, rs in sorted(by_recipe.items(), key=lambda kv: kv[1][0]["resolved_config"]["learning_rate"]):
+        def order(kv):
+            cfg = kv[1][0]["resolved_config"]
+            return cfg["learning_rate"], cfg["epochs"]
+
+        for name, rs in sorted(by_recipe.items(), key=order):
             cfg = rs[0]["resolved_config"]
             scores = [r["score"] for r in rs]
             rows.append({"recipe": name, "learning_rate": cfg["learning_rate"], "epochs": cfg["epochs"],
@@ -246,7 +251,7 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
                          "metrics": {k: float(np.mean([r["metrics"][k] for r in rs])) for k in rs[0]["metrics"]},
                          "eval_examples": rs[0]["dev_examples"], "train_examples": rs[0]["train_examples"],
                          "wall_time_s": float(np.sum([r.get("wall_time_s", 0.0) for r in rs]))})
-        best = max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores (smaller lr)
+        best = max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores
         out[task] = {"recipes": rows, "best": best["recipe"], "best_learning_rate": best["learning_rate"],
                      "best_init": best["init_from"], "best_score": best["score"], "eval_split": "train_holdout"}
         inits = {r["init_from"] for r in rows}

@@ -84,6 +84,8 @@ def _summary(runs: dict) -> dict:
 
 
 def build_fixtures(root: Path) -> None:
+    from reproduce.summaries import summarise_recipes
+
     rng = np.random.default_rng(0)
     glue = root / "glue"
     runs: dict = {}
@@ -103,6 +105,15 @@ def build_fixtures(root: Path) -> None:
               "sparsity_mean": s * 0.9, "pair_sparsity_mean": s * 0.85, "seed": 0}
              for t in ("rte", "mrpc") for s in (0.3, 0.5, 0.7, 0.9)]
     _write(glue / "tradeoff.json", {"rows": trade, "provenance": {}})
+    # the dense recipe search on held-out training data: two learning rates, and a longer candidate on one task
+    for task, lr, epochs, score in (("rte", 2e-5, 5.0, 0.56), ("rte", 5e-5, 5.0, 0.54), ("mrpc", 2e-5, 5.0, 0.80),
+                                    ("mrpc", 5e-5, 5.0, 0.82), ("mrpc", 5e-5, 10.0, 0.83)):
+        stem = f"dense-lr{lr:g}" + ("" if epochs == 5.0 else f"-ep{epochs:g}")
+        _write(root / "recipes" / task / f"{stem}-seed0.json", {
+            "seed": 0, "score": score, "metric": TASKS[task], "metrics": {TASKS[task]: score}, "dev_examples": 40,
+            "train_examples": 360, "wall_time_s": 120.0,
+            "resolved_config": {"learning_rate": lr, "epochs": epochs, "batch_size": 16, "init_from": "minilm"}})
+    _write(root / "recipes" / "summary.json", summarise_recipes(root / "recipes", ["rte", "mrpc"]))
 
     p2 = root / "train" / "small" / "phase2"
     sens = rng.uniform(0, 1, size=(L, H)).tolist()
@@ -278,7 +289,7 @@ EXPECTED = [
     "table_long_policy_matched.md", "table_long_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
     "table_long.md", "table_long.csv", "table_long_mlm.md", "table_long_holdout.md", "table_long_holdout.csv",
     "long_latency_vs_retention.png", "table_glue_recipes.md",
-    "table_glue_recipes.csv", "table_int8.md", "table_int8.csv", "table_int8_accuracy.md", "MANIFEST.md",
+    "table_glue_recipes.csv", "table_recipe_search.md", "table_recipe_search.csv", "table_int8.md", "table_int8.csv", "table_int8_accuracy.md", "MANIFEST.md",
 ]
 
 
@@ -353,6 +364,19 @@ def test_glue_recipes_table(two_runs):
     assert f"| {100 * d['dense_mean']:.1f} ± {100 * d['dense_std']:.1f} |" in rte[0]
     assert f"| {100 * (d['dense_mean'] - 0.1):.1f} ± {100 * d['dense_std']:.1f} |" in rte[1]
     assert "| WNLI † |" in md and sum(line.startswith("| Headline") for line in md.splitlines()) == 2
+
+
+def test_recipe_search_table(two_runs):
+    """Every held-out recipe is a row, in order of learning rate then epochs, and exactly the summary's best one per
+    task is marked chosen."""
+    root, _ = two_runs
+    md = (root / "a" / "table_recipe_search.md").read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines() if line.startswith(("| RTE", "| MRPC"))]
+    assert [(r[0], r[1]) for r in rows] == [("MRPC", "dense-lr2e-05"), ("MRPC", "dense-lr5e-05"),
+                                            ("MRPC", "dense-lr5e-05-ep10"), ("RTE", "dense-lr2e-05"),
+                                            ("RTE", "dense-lr5e-05")]
+    assert [(r[1], r[6]) for r in rows if r[-1] == "**yes**"] == [("dense-lr5e-05-ep10", "83.0"), ("dense-lr2e-05", "56.0")]
+    assert "held-out" in md and "never dev" in md
 
 
 def test_gpu_table_shows_the_mma_kernel_when_timed(two_runs):
@@ -474,6 +498,20 @@ def test_table1_is_copied_into_the_readme_markers(two_runs, tmp_path):
     subprocess.run([sys.executable, *MAKE, "--results", str(root / "results"), "--out", str(tmp_path / "o"),
                     "--only", "table1", "--readme", str(readme)], check=True, capture_output=True, timeout=120, cwd=REPO)
     assert readme.read_text() == first  # idempotent
+
+
+def test_only_leaves_the_whole_manifest_alone(two_runs, tmp_path):
+    """--only rebuilds its figures but not MANIFEST.md: a partial run cannot list the folder's other files."""
+    root, _ = two_runs
+    (tmp_path / "o").mkdir()
+    manifest = tmp_path / "o" / "MANIFEST.md"
+    manifest.write_text((root / "a" / "MANIFEST.md").read_text())
+    before = manifest.read_text()
+    proc = subprocess.run([sys.executable, *MAKE, "--results", str(root / "results"), "--out", str(tmp_path / "o"),
+                           "--only", "table_recipe_search"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "o" / "table_recipe_search.md").exists() and manifest.read_text() == before
+    assert "`table1_glue.md`" in before and "left as it was" in proc.stdout
 
 
 def test_committed_tables_match_the_committed_results(tmp_path):

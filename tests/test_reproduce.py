@@ -315,6 +315,58 @@ def test_recipe_init_comparison_runs_and_summary(tmp_path):
         RecipePlan.load("small", tmp_path)
 
 
+def test_recipe_candidates_run_and_compete(tmp_path):
+    """[[candidate]]: a further dense recipe of one task, run as dense-<name>-seed<k> with its settings over the
+    task's, scored on the same held-out slice and in the same contest; bad entries fail at load, naming the cause."""
+    from reproduce.plans import RecipePlan, Selection
+    from reproduce.summaries import summarise_recipes
+
+    cfg = tmp_path / "small"
+    cfg.mkdir()
+    for name in ("phase1", "phase2", "phase3"):
+        (cfg / f"{name}.toml").write_text((REPO / "reproduce/configs/small" / f"{name}.toml").read_text())
+    base = ('tasks = ["cola", "rte"]\nseeds = [0, 1]\nlearning_rates = [2e-5, 5e-5]\ninit = "minilm"\n'
+            '[common]\neval_split = "train_holdout"\n[task.cola]\nepochs = 3.0\nbatch_size = 32\n')
+    cand = '[[candidate]]\ntask = "cola"\nname = "{name}"\nsettings = {{ learning_rate = 5e-5, epochs = 6.0 }}\n'
+    (cfg / "recipes.toml").write_text(base + cand.format(name="lr5e-05-ep6"))
+    plan = RecipePlan.load("small", tmp_path)
+    runs = plan.runs(Selection())
+    extra = [r for r in runs if "ep6" in r.name]
+    assert [(r.task, r.name, r.seed) for r in extra] == [("cola", "dense-lr5e-05-ep6-seed0", 0),
+                                                          ("cola", "dense-lr5e-05-ep6-seed1", 1)]
+    assert extra[0].settings["epochs"] == 6.0 and extra[0].settings["batch_size"] == 32  # over the task's settings
+    assert extra[0].settings["eval_split"] == "train_holdout" and extra[0].init == "minilm"
+    assert len(runs) == 2 * 2 * 2 + 2
+    assert not [r for r in plan.runs(Selection(tasks=["rte"])) if "ep6" in r.name]  # --tasks restricts them too
+    assert [r.name for r in plan.runs(Selection(seeds=[1], names=["dense-lr5e-05-ep6-seed1"]))] == [
+        "dense-lr5e-05-ep6-seed1"]
+
+    for bad, match in [(cand.format(name="lr5e-05"), "repeat"), (cand.format(name="a b"), "name"),
+                       (cand.format(name="x") + cand.format(name="x"), "repeat"),
+                       (cand.format(name="x").replace('"cola"', '"mrpc"'), "not among the searched tasks"),
+                       (cand.format(name="x").replace("epochs", "epoch"), "epoch"),
+                       ('[[candidate]]\ntask = "cola"\nname = "x"\n', "missing")]:
+        (cfg / "recipes.toml").write_text(base + bad)
+        with pytest.raises(ValueError, match=match):
+            RecipePlan.load("small", tmp_path)
+
+    def write(stem: str, lr: float, epochs: float, score: float) -> None:
+        (tmp_path / "res" / "cola").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "res" / "cola" / f"{stem}-seed0.json").write_text(json.dumps(
+            {"seed": 0, "score": score, "metric": "mcc", "metrics": {"mcc": score}, "dev_examples": 10,
+             "train_examples": 90, "resolved_config": {"learning_rate": lr, "epochs": epochs, "batch_size": 32,
+                                                       "init_from": "minilm"}}))
+
+    write("dense-lr2e-05", 2e-5, 3.0, 0.10)
+    write("dense-lr5e-05", 5e-5, 3.0, 0.32)
+    write("dense-lr5e-05-ep6", 5e-5, 6.0, 0.36)
+    write("dense-lr2e-05-ep10", 2e-5, 10.0, 0.30)
+    summary = summarise_recipes(tmp_path / "res", ["cola"])["cola"]
+    assert [r["recipe"] for r in summary["recipes"]] == ["dense-lr2e-05", "dense-lr2e-05-ep10", "dense-lr5e-05",
+                                                         "dense-lr5e-05-ep6"]
+    assert summary["best"] == "dense-lr5e-05-ep6" and "init_comparison" not in summary
+
+
 def test_long_plan_holdout_candidates(tmp_path):
     """[[holdout]]: dense recipe candidates scored on held-out training addresses, run first, named by candidate,
     restricted by --seeds and --tasks (lengths); a bad entry fails at load."""

@@ -21,6 +21,7 @@ from .common import (
     is_num,
     load_json,
     max_length,
+    num,
     pct,
     pm,
     require,
@@ -216,6 +217,39 @@ def table_glue_recipes(out: Output) -> None:
     ]
     out.table("table_glue_recipes", header, rows, caption, list(paths.values()),
               "GLUE: the main (v2) recipe vs the write-up's (v1), dense and DendriticBERT per task")
+
+
+def table_recipe_search(out: Output) -> None:
+    """The dense recipe search (issue #13, part 1): every candidate recipe's score on the held-out 10 % of the task's
+    *training* split and the winner per task — the GLUE plan's dense recipes come from here, never from dev."""
+    what = "dense recipe search (table_recipe_search)"
+    path = out.results / "recipes" / "summary.json"
+    if not require(out, what, path):
+        return
+    summary = {t: s for t, s in load_json(path).items() if isinstance(s, dict) and s.get("recipes")}
+    if not summary:
+        out.skip(what, "recipes/summary.json has no recipe runs yet")
+        return
+    header = ["Task", "Recipe", "Starts from", "Learning rate", "Epochs", "Batch", "Held-out score", "Seeds",
+              "Train ex.", "Held-out ex.", "Minutes", "Chosen"]
+    cols = ["task", "recipe", "init_from", "learning_rate", "epochs", "batch_size", "score", "seeds", "train_examples",
+            "eval_examples", "wall_time_s", "chosen"]
+    records = [{"task": t, **r, "chosen": r["recipe"] == s["best"]}
+               for t, s in sorted(summary.items(), key=lambda kv: task_key(kv[0])) for r in s["recipes"]]
+    rows = [[task_label(r["task"]), r["recipe"], Path(str(r["init_from"])).name, f"{r['learning_rate']:g}",
+             num(r["epochs"], 1), str(r["batch_size"]), num(100 * r["score"], 1),
+             ",".join(str(k) for k in r["seeds"]), str(r["train_examples"]), str(r["eval_examples"]),
+             num(r["wall_time_s"] / 60, 1) if is_num(r.get("wall_time_s")) else "–", "**yes**" if r["chosen"] else ""]
+            for r in records]
+    caption = [("Dense fine-tuning recipes scored on a held-out 10 % slice of each task's training split (holdout seed "
+                "1234, the same slice for every recipe; never dev), score × 100 in the task's primary metric (mean "
+                "over seeds).  Chosen = the highest held-out score, compared unrounded (the first of equal ones: "
+                "smaller learning rate, then fewer epochs); the GLUE plan (reproduce/configs/small/glue.toml) takes its dense recipe from "
+                "the chosen row, except where its comment says otherwise.  Starts from: minilm = the original "
+                "pretrained weights, phase1 = after the MLM warm-up on the speeches.  Minutes = wall time of the "
+                "run(s) as recorded (the machine and its load differ between runs).")]
+    out.table("table_recipe_search", header, rows, caption, [path], "dense recipe search on held-out training data",
+              csv_header=cols, csv_rows=[[r.get(c) for c in cols] for r in records])
 
 
 def _starts(runs: dict, tasks: list[str]) -> str:
@@ -441,4 +475,4 @@ def sparsity_per_input(out: Output) -> None:
                formats=("png",))
 
 
-FIGURES = [table1, table_glue_recipes, pai_glue, tradeoff, sparsity_per_input]
+FIGURES = [table1, table_glue_recipes, table_recipe_search, pai_glue, tradeoff, sparsity_per_input]
