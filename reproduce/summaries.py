@@ -226,6 +226,12 @@ def summarise_diagnostics(results: Path, entries: dict[str, dict]) -> dict:
 
 
 # -- recipes ---------------------------------------------------------------------------------------------------------
+def _recipe_order(item: tuple[str, list[dict]]) -> tuple[float, float]:
+    """A recipe's place in its task's rows: learning rate, then epochs (of its first result's resolved config)."""
+    cfg = item[1][0]["resolved_config"]
+    return cfg["learning_rate"], cfg["epochs"]
+
+
 def summarise_recipes(results: Path, tasks: list[str]) -> dict:
     """Per task: every recipe's held-out score (mean over its seeds) and the best one — the dense baseline recipe of
     the GLUE plan.  Rows go by learning rate, then epochs; ties keep the first (the smaller learning rate, then the
@@ -238,11 +244,7 @@ def summarise_recipes(results: Path, tasks: list[str]) -> dict:
         if not by_recipe:
             continue
         rows = []
-        def order(kv):
-            cfg = kv[1][0]["resolved_config"]
-            return cfg["learning_rate"], cfg["epochs"]
-
-        for name, rs in sorted(by_recipe.items(), key=order):
+        for name, rs in sorted(by_recipe.items(), key=_recipe_order):
             cfg = rs[0]["resolved_config"]
             scores = [r["score"] for r in rs]
             rows.append({"recipe": name, "learning_rate": cfg["learning_rate"], "epochs": cfg["epochs"],
