@@ -193,6 +193,29 @@ def _resolve_init(run: Run, table: dict[str, Pretrain], *, preset: str, run_dir:
                                config_dir=config_dir, done=ready))
 
 
+def _check_no_stale_results(runs: list[Run], missing: list[Run], results: Path) -> None:
+    """A finished result is not reused when the run it started from is about to be trained anew (that run's result
+    is absent, e.g. removed after its recipe changed): it may come from other weights.  One clear error before any
+    work, naming both, instead of a silent mix — directly or through a chain of runs."""
+    fresh = {f"{r.group}/{r.task}/{r.name}": r for r in missing}
+    stale: list[tuple[Run, Run]] = []
+    grew = True
+    while grew:
+        grew = False
+        for r in runs:
+            key = r.init[len(RUN_PREFIX):] if r.init.startswith(RUN_PREFIX) else None
+            if key in fresh and f"{r.group}/{r.task}/{r.name}" not in fresh:
+                stale.append((r, fresh[key]))
+                fresh[f"{r.group}/{r.task}/{r.name}"] = r
+                grew = True
+    if stale:
+        lines = [f"  {results / r.task / (r.name + '.json')} (starts from {base.task} {base.name}, whose result is absent)"
+                 for r, base in stale]
+        raise RuntimeError("these finished results start from runs that are to be trained anew, so they may come "
+                           "from other weights; remove them too (or restore the results they started from):\n"
+                           + "\n".join(lines))
+
+
 def _eta(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
@@ -211,6 +234,7 @@ def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: P
     check_results_folder(results)
     table = plan.pretraining()
     missing = [r for r in runs if not (results / r.task / f"{r.name}.json").exists()]
+    _check_no_stale_results(runs, missing, results)
     # A run whose result exists but whose kept model a run to be trained starts from, and which is not in this run
     # folder (e.g. a committed result reused with --reuse), is trained again (deterministic: the same result).
     retrain: list[Run] = []

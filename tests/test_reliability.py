@@ -421,6 +421,25 @@ def test_finished_result_with_other_settings_is_not_reused(tmp_path):
         run_one(Run("rte", "dense-seed0", "dense", 0, "phase1", {"epochs": 3.0, "train_samples": 1500}), **kw)
 
 
+def test_result_from_a_run_trained_anew_is_not_reused(tmp_path):
+    """A DendriticBERT result is not reused when the dense run it was sparsified from is about to be trained again
+    (its result removed, e.g. after its recipe changed) — one error before any training, naming the stale file —
+    and the same through a chain; with both results absent, or both present, nothing is refused."""
+    from reproduce.plans import RUN_PREFIX, Run
+    from reproduce.runner import _check_no_stale_results as check
+
+    dense = Run("cola", "dense-seed0", "dense", 0, "minilm", {}, group="glue")
+    dend = Run("cola", "dendritic-seed0", "dendritic", 0, f"{RUN_PREFIX}glue/cola/dense-seed0", {}, group="glue")
+    trade = Run("cola", "tradeoff-x", "dendritic", 0, f"{RUN_PREFIX}glue/cola/dendritic-seed0", {}, group="glue")
+    other = Run("rte", "dendritic-seed0", "dendritic", 0, f"{RUN_PREFIX}glue/rte/dense-seed0", {}, group="glue")
+    runs = [dense, dend, trade, other]
+    check(runs, [], tmp_path)  # everything finished
+    check(runs, [dense, dend, trade], tmp_path)  # the chain trained anew together
+    with pytest.raises(RuntimeError, match=r"(?s)dendritic-seed0\.json \(starts from cola dense-seed0.*tradeoff-x\.json"):
+        check(runs, [dense], tmp_path)
+    check(runs, [dend, trade], tmp_path)  # downstream only: its base is finished and kept as it is
+
+
 def test_model_override_to_its_default_is_the_same_setting(tmp_path):
     """``model_overrides`` are compared by effect: DendriticBERT's ``gumbel = true`` is its default (the same model as
     no override), ``gumbel = false`` is not; BERT's own options count as written."""
