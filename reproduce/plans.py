@@ -75,6 +75,16 @@ class Run:
             out["target_sparsity"] = self.target
         return out
 
+    @property
+    def key(self) -> str:
+        """Its checkpoint folder under the run dir, ``<group>/<task>/<name>`` — what a later run's ``init`` names."""
+        return f"{self.group}/{self.task}/{self.name}"
+
+    @property
+    def init_run(self) -> str | None:
+        """The :attr:`key` of the run whose kept model this run starts from, or None (pretraining, MiniLM)."""
+        return self.init[len(RUN_PREFIX):] if self.init.startswith(RUN_PREFIX) else None
+
     def wanted(self) -> dict:
         """The settings a finished result must have been made with to be reused."""
         return {**self.settings, **({"target_sparsity": self.target} if self.target is not None else {})}
@@ -488,14 +498,17 @@ class RecipePlan:
             tag = "" if init == self.init else f"{init}-"  # the comparison's runs carry their checkpoint's name
             return f"dense-{tag}lr{lr:g}-seed{seed}"
 
+        def dense(task: str, run_name: str, seed: int, init: str, settings: dict) -> Run:
+            """A dense recipe run: the common and the task's settings, then the recipe's own."""
+            return Run(task, run_name, "dense", seed, init, {**self.common, **self.task.get(task, {}), **settings},
+                       group="recipes")
+
         def run(task: str, lr: float, seed: int, init: str) -> Run:
-            return Run(task, name(lr, seed, init), "dense", seed, init,
-                       {**self.common, **self.task.get(task, {}), "learning_rate": lr}, group="recipes")
+            return dense(task, name(lr, seed, init), seed, init, {"learning_rate": lr})
 
         out = [run(task, lr, seed, self.init) for task in tasks for lr in self.learning_rates for seed in seeds]
         # Further candidates of single tasks ([[candidate]]), in the same contest.
-        out += [Run(c["task"], f"dense-{c['name']}-seed{seed}", "dense", seed, self.init,
-                    {**self.common, **self.task.get(c["task"], {}), **c["settings"]}, group="recipes")
+        out += [dense(c["task"], f"dense-{c['name']}-seed{seed}", seed, self.init, c["settings"])
                 for c in self.candidates if c["task"] in tasks for seed in seeds]
         # The init comparison after the search: the same recipe (the task's chosen lr) from the other checkpoint.
         out += [run(task, self.compare_learning_rates[task], seed, self.compare_init)
@@ -509,7 +522,7 @@ class RecipePlan:
                 settings = {**self.glue.settings(task, "dendritic"), **self.common}
                 for target in self.sparsify_targets:
                     out.append(Run(task, f"dendritic-t{target:g}-seed{seed}", "dendritic", seed,
-                                   f"{RUN_PREFIX}recipes/{task}/{base.name}", {**settings, "target_sparsity": target},
+                                   f"{RUN_PREFIX}{base.key}", {**settings, "target_sparsity": target},
                                    group="recipes"))
         if sel.names:  # --runs: only these (and, by the runner, what they start from)
             unknown = set(sel.names) - {r.name for r in out}

@@ -181,7 +181,7 @@ def _resolve_init(run: Run, table: dict[str, Pretrain], *, preset: str, run_dir:
     if run.init == PRETRAINED:
         return PRETRAINED
     if run.init.startswith(RUN_PREFIX):
-        folder = run_dir / run.init[len(RUN_PREFIX):]
+        folder = run_dir / run.init_run
         if needed and not (folder / "model.safetensors").exists():
             raise RuntimeError(f"{run.task} {run.name} starts from the fine-tuned model in {folder}, which is not "
                                "there (its result was reused from another run folder?): run without --reuse, or "
@@ -197,16 +197,15 @@ def _check_no_stale_results(runs: list[Run], missing: list[Run], results: Path) 
     """A finished result is not reused when the run it started from is about to be trained anew (that run's result
     is absent, e.g. removed after its recipe changed): it may come from other weights.  One clear error before any
     work, naming both, instead of a silent mix — directly or through a chain of runs."""
-    fresh = {f"{r.group}/{r.task}/{r.name}": r for r in missing}
+    fresh = {r.key: r for r in missing}
     stale: list[tuple[Run, Run]] = []
     grew = True
     while grew:
         grew = False
         for r in runs:
-            key = r.init[len(RUN_PREFIX):] if r.init.startswith(RUN_PREFIX) else None
-            if key in fresh and f"{r.group}/{r.task}/{r.name}" not in fresh:
-                stale.append((r, fresh[key]))
-                fresh[f"{r.group}/{r.task}/{r.name}"] = r
+            if r.init_run in fresh and r.key not in fresh:
+                stale.append((r, fresh[r.init_run]))
+                fresh[r.key] = r
                 grew = True
     if stale:
         lines = [f"  {results / r.task / (r.name + '.json')} (starts from {base.task} {base.name}, whose result is absent)"
@@ -239,8 +238,8 @@ def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: P
     # folder (e.g. a committed result reused with --reuse), is trained again (deterministic: the same result).
     retrain: list[Run] = []
     while True:
-        wanted = {r.init[len(RUN_PREFIX):] for r in missing if r.init.startswith(RUN_PREFIX)}
-        more = [r for r in runs if r not in missing and f"{r.group}/{r.task}/{r.name}" in wanted
+        wanted = {r.init_run for r in missing if r.init_run}
+        more = [r for r in runs if r not in missing and r.key in wanted
                 and not (run_dir / r.group / r.task / r.name / "model.safetensors").exists()]
         if not more:
             break
