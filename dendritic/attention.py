@@ -80,14 +80,17 @@ def _floor_only(key_padding: torch.Tensor, block_size: int, num_heads: int) -> P
     B, nb = real.shape
     hard = (real[:, :, None] & real[:, None, :])[:, None].expand(B, num_heads, nb, nb)
     ones = key_padding.new_ones((B, num_heads), dtype=torch.float32)
-    return PerforationOutput(None, hard, ones, ones, ones.new_zeros(B), impl="floor")
+    zeros = ones.new_zeros(B)
+    return PerforationOutput(None, hard, ones, ones, zeros, impl="floor", pair_sparsity=zeros)
 
 
 class DendriticSelfAttention(BertSelfAttention):
     def __init__(self, config, layer_idx: int = 0):
         super().__init__(config, is_causal=False, layer_idx=layer_idx)
         H, dh = self.num_attention_heads, self.attention_head_size
-        self.block_size = config.block_size
+        # Read once, here (like every config field the layer uses): a transformers config attribute costs ~1 µs a
+        # read, and the policy runs per layer and forward pass.
+        self.block_size, self.gating, self.dense_cls_row = config.block_size, config.gating, config.dense_cls_row
         self.scorer = ImportanceScorer(config.hidden_size, H, config.scorer_rank, dh)
         self.gate = GatingController(config.hidden_size, H, config.gating_max_shift)
         self.perforation = PerforationUnit(H)
@@ -97,7 +100,7 @@ class DendriticSelfAttention(BertSelfAttention):
                      call: PolicyCall) -> PerforationOutput:
         """Decide the block mask for this input with ``call.policy``.  hidden_states (B, n, d); q, k (B, H, n, dh)."""
         nb = num_blocks(q.shape[2], self.block_size)
-        if call.backend == "auto" and not self.training and _floor_covers_all(nb, self.config.dense_cls_row):
+        if call.backend == "auto" and not self.training and _floor_covers_all(nb, self.dense_cls_row):
             return _floor_only(key_padding, self.block_size, q.shape[1])  # nothing to decide: no policy, dense SDPA
         # Inference with the learned policy: one C++ call (it derives counts, floor and real pairs itself).
         if call.fused_policy and call.policy == "learned" and not self.training and fused_policy_available(hidden_states):
@@ -107,7 +110,7 @@ class DendriticSelfAttention(BertSelfAttention):
         ctx = PolicyContext(
             hidden_states=hidden_states, q=q, k=k, key_padding=key_padding, counts=counts,
             pair_real=(block_real[:, :, None] & block_real[:, None, :])[:, None],  # (B, 1, nb, nb)
-            floor=safety_floor(nb, dense_cls_row=self.config.dense_cls_row, device=q.device),
+            floor=safety_floor(nb, dense_cls_row=self.dense_cls_row, device=q.device),
             budgets=call.budgets[self.layer_idx], temperature=call.temperature, training=self.training,
         )
         return get_policy(call.policy)(self, ctx)
@@ -166,8 +169,7 @@ class DendriticSelfAttention(BertSelfAttention):
         else:
             backend = policy_call.backend
             if backend == "auto":  # decided from shapes and host-side budgets: no device synchronisation
-                keep = expected_keep(policy_call.host_budgets[self.layer_idx], n, self.block_size,
-                                     self.config.dense_cls_row)
+                keep = expected_keep(policy_call.host_budgets[self.layer_idx], n, self.block_size, self.dense_cls_row)
                 backend = choose_backend(q.device.type, B, q.shape[1], n, q.shape[-1], self.block_size, keep,
                                          needs_grad=torch.is_grad_enabled() and q.requires_grad)
             policy_call.paths.append(backend)

@@ -35,20 +35,36 @@ def fused_policy_available(hidden_states: torch.Tensor) -> bool:
 def fused_learned_policy(layer, hidden_states: torch.Tensor, key_padding: torch.Tensor, budgets: torch.Tensor,
                          temperature: float) -> PerforationOutput:
     """The ``learned`` policy of ``layer`` (a DendriticSelfAttention) with hard masks, in one C++ call."""
-    cfg, scorer, gate = layer.config, layer.scorer, layer.gate
-    gate_params = None
-    if cfg.gating:
-        norm, lin1, lin2 = gate.norm, gate.mlp[0], gate.mlp[2]
-        gate_params = [norm.weight, norm.bias, lin1.weight, lin1.bias, lin2.weight, lin2.bias]
+    scorer, gate, perforation = _submodules(layer, "scorer", "gate", "perforation")
+    gate_params, ln_eps = [], 0.0
+    if layer.gating:
+        norm, mlp = _submodules(gate, "norm", "mlp")
+        lin1, lin2 = _submodules(mlp, "0", "2")  # Linear, GELU, Linear
+        gate_params = [*_params(norm, "weight", "bias"), *_params(lin1, "weight", "bias"), *_params(lin2, "weight", "bias")]
+        ln_eps = float(norm.eps)
     # Eager calls go straight to the extension (the custom operator's Python dispatch costs ~50 µs a layer, as much
     # as the policy itself at GLUE lengths); a torch.compile trace goes through the operator.
     call = _learned_policy if torch.compiler.is_compiling() else _direct
     w_qk, b_qk = scorer_weights(scorer)
-    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity = call(
-        hidden_states, key_padding, w_qk, b_qk, scorer.num_heads, scorer.rank, float(scorer.scale), gate_params or [],
-        float(gate.norm.eps), float(gate.max_shift), layer.perforation.offset, budgets, layer.block_size,
-        cfg.dense_cls_row, float(temperature))
-    return PerforationOutput(None, hard, keep_fraction, target_keep, block_sparsity, kv_num_blocks, kv_indices, "fused")
+    hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity, pair_sparsity = call(
+        hidden_states, key_padding, w_qk, b_qk, scorer.num_heads, scorer.rank, float(scorer.scale), gate_params, ln_eps,
+        float(gate.max_shift), *_params(perforation, "offset"), budgets, layer.block_size, layer.dense_cls_row,
+        float(temperature))
+    return PerforationOutput(None, hard, keep_fraction, target_keep, block_sparsity, kv_num_blocks, kv_indices, "fused",
+                             pair_sparsity)
+
+
+# The policy's modules and parameters read through the modules' own dictionaries: ``nn.Module.__getattr__`` costs
+# ~1 µs a lookup on these CPUs and the call needs ~20 of them a layer — at GLUE lengths a tenth of the policy.  Read
+# every call (not cached): a parameter replaced by ``load_state_dict(assign=True)`` or ``.to()`` is seen at once.
+def _submodules(module, *names):
+    mods = module._modules
+    return tuple(mods[name] for name in names)
+
+
+def _params(module, *names):
+    params = module._parameters
+    return tuple(params[name] for name in names)
 
 
 def scorer_weights(scorer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +72,8 @@ def scorer_weights(scorer) -> tuple[torch.Tensor, torch.Tensor]:
     and ``[b_q; b_k]``.  Made once and kept on the scorer until a parameter changes (its version counter or storage
     moves: an optimiser step, ``load_state_dict``, ``.to()``) — rebuilding the copy every call would cost about what
     the merged GEMM saves.  Inside a ``torch.compile`` trace it is built in the graph."""
-    params = (scorer.q_features.weight, scorer.k_features.weight, scorer.q_features.bias, scorer.k_features.bias)
+    q_lin, k_lin = _submodules(scorer, "q_features", "k_features")
+    params = (*_params(q_lin, "weight"), *_params(k_lin, "weight"), *_params(q_lin, "bias"), *_params(k_lin, "bias"))
     if torch.compiler.is_compiling() or any(p.is_inference() for p in params):
         # a trace: built in the graph; inference tensors (parameters made under torch.inference_mode) have no
         # version counter to key a cache on: built per call
@@ -74,7 +91,8 @@ def _direct(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate, ln_eps, ma
             dense_cls_row, temperature):
     out = _extension().learned_policy(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate or None, ln_eps,
                                       max_shift, offset, budgets, block_size, dense_cls_row, temperature)
-    return out[:6]
+    return out[:6] + [out[8]]  # hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity,
+    #                            pair_sparsity (the log mass and gate shift at 6, 7 are for the tests)
 
 
 # The extension call as a PyTorch operator (torch.library), so the model compiles with torch.compile(fullgraph=True).
@@ -83,7 +101,8 @@ def _learned_policy(x: torch.Tensor, key_padding: torch.Tensor, w_qk: torch.Tens
                     num_heads: int, rank: int, scale: float, gate: list[torch.Tensor],
                     ln_eps: float, max_shift: float, offset: torch.Tensor, budgets: torch.Tensor, block_size: int,
                     dense_cls_row: bool, temperature: float
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
     return tuple(_direct(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate, ln_eps, max_shift, offset, budgets,
                          block_size, dense_cls_row, temperature))
 
@@ -95,4 +114,5 @@ def _(x, key_padding, w_qk, b_qk, num_heads, rank, scale, gate, ln_eps, max_shif
     nb = (n + block_size - 1) // block_size
     H = num_heads
     return (x.new_empty((B, H, nb, nb), dtype=torch.bool), x.new_empty((B, H, nb), dtype=torch.int32),
-            x.new_empty((B, H, nb, nb), dtype=torch.int32), x.new_empty((B, H)), x.new_empty((B, H)), x.new_empty((B,)))
+            x.new_empty((B, H, nb, nb), dtype=torch.int32), x.new_empty((B, H)), x.new_empty((B, H)), x.new_empty((B,)),
+            x.new_empty((B,)))

@@ -323,7 +323,9 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
         key_padding = attention_mask.bool() if attention_mask is not None else torch.ones(B, n, dtype=torch.bool, device=trace[0].hard.device)
         return dict(
             block_sparsity=torch.stack([p.block_sparsity for p in trace]),  # (L, B)
-            pair_sparsity=torch.stack([token_level_sparsity(p.hard, key_padding, self.config.block_size).mean(-1) for p in trace]),
+            pair_sparsity=torch.stack([p.pair_sparsity if p.pair_sparsity is not None
+                                       else token_level_sparsity(p.hard, key_padding, self.config.block_size).mean(-1)
+                                       for p in trace]),
             keep_fraction=torch.stack([p.keep_fraction for p in trace]),  # (L, B, H)
             keep_target=torch.stack([p.target_keep for p in trace]),  # (L, B, H)
             block_masks=tuple(p.hard for p in trace) if record_masks else None,

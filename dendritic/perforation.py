@@ -34,6 +34,8 @@ class PerforationOutput:
     kv_num_blocks: torch.Tensor | None = None  # the compact layout of ``hard`` when the policy made it already
     kv_indices: torch.Tensor | None = None
     impl: str = "python"  # which implementation decided: "python" (the modules) or "fused" (dendritic.fused_policy)
+    pair_sparsity: torch.Tensor | None = None  # (B,) masks.token_level_sparsity(hard).mean(-1) when the policy made
+    #                                            it already (the fused path); the model computes it otherwise
 
 
 _BIG = 1e4  # log-mass values are clamped to ±_BIG; thresholds beyond them keep nothing / everything

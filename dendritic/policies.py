@@ -55,7 +55,7 @@ def _cut(layer: nn.Module, ctx: PolicyContext, log_mass: torch.Tensor, shift, *,
 
 def learned(layer: nn.Module, ctx: PolicyContext) -> PerforationOutput:
     log_mass = layer.scorer(ctx.hidden_states, ctx.key_padding, layer.block_size)  # (B, H, nb, nb)
-    shift = layer.gate(ctx.hidden_states, ctx.key_padding, log_mass) if layer.config.gating else None  # (B, H)
+    shift = layer.gate(ctx.hidden_states, ctx.key_padding, log_mass) if layer.gating else None  # (B, H)
     return _cut(layer, ctx, log_mass, shift, relaxed=ctx.training)
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dendritic import DendriticBertModel, DendriticConfig
 from dendritic.fused_policy import _extension, scorer_weights
 from dendritic.kernels.layout import dense_to_block_mask
-from dendritic.masks import block_token_counts, safety_floor
+from dendritic.masks import block_token_counts, safety_floor, token_level_sparsity
 from dendritic.policies import PolicyContext, _cut
 
 
@@ -35,7 +35,7 @@ def _model(block_size: int, gating: bool, dense_cls_row: bool, seed: int) -> Den
 
 def _fused_raw(attn, x, pad, budgets, temperature=1.0):
     """The extension's full output for one layer: hard, kv_num_blocks, kv_indices, keep_fraction, target_keep,
-    block_sparsity, log_mass, shift."""
+    block_sparsity, log_mass, shift, pair_sparsity."""
     cfg, scorer, gate = attn.config, attn.scorer, attn.gate
     gate_params = [gate.norm.weight, gate.norm.bias, gate.mlp[0].weight, gate.mlp[0].bias, gate.mlp[2].weight,
                    gate.mlp[2].bias] if cfg.gating else None
@@ -65,7 +65,8 @@ def test_fused_policy_equals_the_python_modules(n, B, block, gating, dense_cls_r
     for layer_idx, attn in enumerate(model.dendritic_layers()):
         budgets = model.head_budgets[layer_idx]
         with torch.no_grad():
-            hard, kvn, kvi, keep_fraction, target_keep, sparsity, log_mass, shift = _fused_raw(attn, x, pad, budgets)
+            hard, kvn, kvi, keep_fraction, target_keep, sparsity, log_mass, shift, pair_sparsity = _fused_raw(
+                attn, x, pad, budgets)
             # (1) the floats: log block mass and gate shift, to float tolerance (-inf exactly where padding is)
             ref_mass = attn.scorer(x, pad, attn.block_size)
             assert torch.equal(torch.isinf(log_mass), torch.isinf(ref_mass))
@@ -78,6 +79,9 @@ def test_fused_policy_equals_the_python_modules(n, B, block, gating, dense_cls_r
         assert torch.equal(hard, ref.hard)
         assert torch.equal(sparsity, ref.block_sparsity)
         assert torch.equal(target_keep, ref.target_keep)
+        # the token-pair sparsity the model reports (exact per head; their mean to rounding: summation order)
+        torch.testing.assert_close(pair_sparsity, token_level_sparsity(ref.hard, pad, block).mean(-1),
+                                   atol=1e-6, rtol=0)
         ref_kvn, ref_kvi = dense_to_block_mask(ref.hard)
         assert torch.equal(kvn, ref_kvn) and torch.equal(kvi, ref_kvi)
         torch.testing.assert_close(keep_fraction, ref.keep_fraction, atol=1e-5, rtol=1e-5)
@@ -99,7 +103,7 @@ def test_order_statistic_with_ties_and_long_rows(n, block, scorer):
         x = torch.randn(2, n, model.config.hidden_size, generator=g)
         pad = torch.arange(n)[None, :] < torch.tensor([n, n // 2 + 1])[:, None]
         budgets = torch.tensor([0.0, 0.3, 0.5, 0.97])
-        hard, kvn, kvi, _, _, sparsity, log_mass, shift = _fused_raw(attn, x, pad, budgets)
+        hard, kvn, kvi, _, _, sparsity, log_mass, shift, _ = _fused_raw(attn, x, pad, budgets)
         ref = _cut(attn, _python_context(attn, x, pad, budgets), log_mass, shift, relaxed=False)
     if scorer == "zero":
         assert log_mass[0, 0, 1].unique().numel() <= 2  # really ties (full blocks and the partial last one)
@@ -124,7 +128,7 @@ def test_relaxed_keep_and_log_mass_across_temperatures_and_scales(temperature, s
         x = torch.randn(3, 70, model.config.hidden_size, generator=g)
         pad = torch.arange(70)[None, :] < torch.tensor([70, 41, 3])[:, None]
         budgets = torch.tensor([0.2, 0.5, 0.8, 0.95])
-        hard, _, _, keep_fraction, _, sparsity, log_mass, shift = _fused_raw(attn, x, pad, budgets, temperature)
+        hard, _, _, keep_fraction, _, sparsity, log_mass, shift, _ = _fused_raw(attn, x, pad, budgets, temperature)
         ref_mass = attn.scorer(x, pad, attn.block_size)
         fin = torch.isfinite(ref_mass)
         assert torch.equal(torch.isinf(log_mass), torch.isinf(ref_mass))
@@ -153,6 +157,16 @@ def test_scorer_weight_cache_follows_the_parameters():
     assert fused.policy_impl[0] == "fused"
     assert all(torch.equal(a, b) for a, b in zip(fused.block_masks, python.block_masks))
     assert any(not torch.equal(a, b) for a, b in zip(fused.block_masks, before))  # the change did matter
+    # parameters replaced, not updated in place (load_state_dict(assign=True), as from_pretrained may load them)
+    state = {k: (torch.randn_like(v) if "scorer" in k and k.endswith("weight") else v)
+             for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    with torch.no_grad():
+        model.set_fused_policy(True)
+        fused = model(ids, output_block_masks=True, attention_backend="reference")
+        model.set_fused_policy(False)
+        python = model(ids, output_block_masks=True, attention_backend="reference")
+    assert all(torch.equal(a, b) for a, b in zip(fused.block_masks, python.block_masks))
 
 
 def test_fused_policy_runs_on_a_model_made_under_inference_mode():
@@ -188,6 +202,7 @@ def test_fused_model_matches_the_python_path(block, gating, dense_cls_row):
     for a, b in zip(fused.block_masks, python.block_masks):
         assert torch.equal(a, b)
     assert torch.equal(fused.block_sparsity, python.block_sparsity)
+    torch.testing.assert_close(fused.pair_sparsity, python.pair_sparsity, atol=1e-6, rtol=0)  # made in C++ / torch
     torch.testing.assert_close(fused.last_hidden_state, python.last_hidden_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused.keep_fraction, python.keep_fraction, atol=1e-5, rtol=1e-5)
 
@@ -228,6 +243,7 @@ def test_tiny_inputs(n):
         auto = model(torch.randint(0, 500, (1, n)), output_block_masks=True)
     assert out.policy_impl == ("fused", "fused") and float(out.block_sparsity.max()) == 0.0
     assert auto.policy_impl == ("floor", "floor") and float(auto.block_sparsity.max()) == 0.0
+    assert float(out.pair_sparsity.max()) == 0.0 and float(auto.pair_sparsity.max()) == 0.0
 
 
 def test_gate_is_finite_for_long_fp16_inputs():

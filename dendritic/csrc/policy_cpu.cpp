@@ -425,6 +425,7 @@ std::vector<at::Tensor> learned_policy(
   auto keep_fraction = at::empty({B, H}, opts.dtype(at::kFloat));
   auto target_keep = at::empty({B, H}, opts.dtype(at::kFloat));
   auto kept_blocks = at::empty({B, H}, opts.dtype(at::kLong));
+  std::vector<float> kept_pairs(B * H);  // per (input, head): real token pairs in kept blocks
   auto off = as_float(offset), bud = as_float(budgets);
   const float* lm = lmw;
   const float* offp = off.data_ptr<float>();
@@ -498,6 +499,18 @@ std::vector<at::Tensor> learned_policy(
       kf[bh] = static_cast<float>(static_cast<double>(nf) + soft) / denom;
       tk[bh] = std::max(1.0f - budp[h], nf / denom);
       kb[bh] = kept;
+      // masks.token_level_sparsity's numerator: Σ over kept block pairs of (real tokens of i) · (real tokens of j).
+      // Counts are integers and every partial sum stays below 2^24 for n ≤ 4096, so this fp32 sum is exact, as is
+      // the Python expression's in any order.
+      const float* c = cnt + bi * nb;
+      const bool* hrow = hp + bh * nb * nb;
+      float pairs = 0.0f;
+      for (int64_t i = 0; i < nb; ++i) {
+        float row = 0.0f;
+        for (int64_t j = 0; j < nb; ++j) row += hrow[i * nb + j] ? c[j] : 0.0f;
+        pairs += c[i] * row;
+      }
+      kept_pairs[bh] = pairs;
     }
   });
   // _summarise: achieved block sparsity per input over the real pairs of every head (fp32, as the Python path)
@@ -511,8 +524,21 @@ std::vector<at::Tensor> learned_policy(
     const float real_pairs = std::max(n_real_b * n_real_b, 1.0f);
     bsp[bi] = 1.0f - static_cast<float>(kept_sum) / (real_pairs * static_cast<float>(H));
   }
+  // masks.token_level_sparsity(hard, key_padding, b).mean(-1): the fraction of real token pairs skipped, averaged
+  // over heads (the model's pair_sparsity output) — the per-head values are the Python expression's exactly (exact
+  // integer sums, one IEEE division), their mean agrees with ATen's to rounding (summation order).
+  auto pair_sparsity = at::empty({B}, opts.dtype(at::kFloat));
+  float* psp = pair_sparsity.data_ptr<float>();
+  for (int64_t bi = 0; bi < B; ++bi) {
+    float tokens = 0.0f;
+    for (int64_t j = 0; j < nb; ++j) tokens += cnt[bi * nb + j];
+    const float total = std::max(tokens * tokens, 1.0f);
+    float acc = 0.0f;
+    for (int64_t h = 0; h < H; ++h) acc += 1.0f - kept_pairs[bi * H + h] / total;
+    psp[bi] = acc / static_cast<float>(H);
+  }
   return {hard, kv_num_blocks, kv_indices, keep_fraction, target_keep, block_sparsity, log_mass,
-          shift.defined() ? shift : at::zeros({B, H}, opts.dtype(at::kFloat))};
+          shift.defined() ? shift : at::zeros({B, H}, opts.dtype(at::kFloat)), pair_sparsity};
 }
 
 
