@@ -140,13 +140,14 @@ def eager_fits(B: int, H: int, n: int, max_gib: float, element_size: int = 4) ->
 
 
 def shaped_model(preset: str, n: int, *, block_size: int, attention_backend: str = "cpu",
-                 seed: int = 0) -> DendriticBertModel:
+                 seed: int = 0, **config_overrides) -> DendriticBertModel:
     """A random-weight DendriticBertModel with a preset's shapes (eval mode); positions extended to ``n`` when the
-    preset's 512 do not reach (``model.config.max_position_embeddings`` says so).  Weights do not change the work."""
+    preset's 512 do not reach (``model.config.max_position_embeddings`` says so).  Weights do not change the work.
+    ``config_overrides``: further DendriticConfig fields (e.g. ``scorer_rank``)."""
     positions = max(n, DendriticConfig.from_preset(preset).max_position_embeddings)
     torch.manual_seed(seed)
     cfg = DendriticConfig.from_preset(preset, block_size=block_size, attention_backend=attention_backend,
-                                      max_position_embeddings=positions)
+                                      max_position_embeddings=positions, **config_overrides)
     return DendriticBertModel(cfg).eval()
 
 

@@ -171,15 +171,17 @@ def test_flex_refuses_the_cpu_shapes_it_gets_wrong():
 
 
 def test_policy_cost_script(tmp_path):
-    """``reproduce.bench.policy_cost --quick``: the fused policy ran, and the shares are the ratios of the times."""
+    """``reproduce.bench.policy_cost --quick``: the fused policy ran (with the scorer rank asked for), and the shares
+    are the ratios of the times."""
     out = tmp_path / "policy_cost.json"
     proc = subprocess.run([sys.executable, "-m", "reproduce.bench.policy_cost", "--quick", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+                           "--scorer-rank", "4", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["provenance"]["loadavg_start"] is not None and len(data["rows"]) == 2
     for r in data["rows"]:
-        assert r["policy_impl"] == "fused" and r["layers"] == 6
+        assert r["policy_impl"] == "fused" and r["layers"] == 6 and r["scorer_rank"] == 4
         assert min(r["policy_ms"], r["policy_python_ms"], r["dense_forward_ms"], r["dense_attention_ms"]) > 0
         assert r["policy_share_of_forward"] == pytest.approx(r["policy_ms"] / r["dense_forward_ms"])
         assert r["policy_share_of_attention"] == pytest.approx(r["policy_ms"] / r["dense_attention_ms"])

@@ -22,6 +22,8 @@ The load average at the start is recorded: time on idle cores.
 
     python -m reproduce.bench.policy_cost            # ~3 min on 2 idle cores
     python -m reproduce.bench.policy_cost --quick    # seconds (tests)
+    python -m reproduce.bench.policy_cost --threads 2 --lengths 128 --blocks 4 --scorer-rank 4 \
+        --out reproduce/results/latency/policy_cost_rank4.json   # what a rank-4 scorer would cost (no model has one)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--max-n-block-4", type=int, default=1024, help="block 4 only up to this n (its nb² grows fast)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--scorer-rank", type=int, default=None, help="the scorer's rank (default: the small preset's)")
     p.add_argument("--quick", action="store_true", help="two small configurations (tests)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -60,11 +63,14 @@ def parse_args(argv=None):
     for name in ("lengths", "blocks", "batches"):
         if any(v < 1 for v in getattr(args, name)):
             p.error(f"--{name} must be positive")
+    if args.scorer_rank is not None and args.scorer_rank < 1:
+        p.error("--scorer-rank must be positive")
     return args
 
 
-def measure(n: int, block_size: int, batch: int, rounds: int) -> dict:
-    model = shaped_model("small", n, block_size=block_size, attention_backend="auto")
+def measure(n: int, block_size: int, batch: int, rounds: int, scorer_rank: int | None = None) -> dict:
+    rank = {} if scorer_rank is None else {"scorer_rank": scorer_rank}
+    model = shaped_model("small", n, block_size=block_size, attention_backend="auto", **rank)
     model.set_head_budgets(torch.full_like(model.head_budgets, 0.5))
     twin = dense_twin(model, "sdpa")
     layers = model.config.num_hidden_layers
@@ -105,6 +111,7 @@ def measure(n: int, block_size: int, batch: int, rounds: int) -> dict:
                  for name in med}
     return {
         "model": "minilm-l6", "n": n, "block_size": block_size, "batch": batch, "layers": layers,
+        "scorer_rank": model.config.scorer_rank,
         "achieved_sparsity": float(fused_out.block_sparsity.mean()), "rounds": rounds, "policy_impl": fused_out.impl,
         "policy_ms": per_model["policy"], "policy_python_ms": per_model["policy_python"],
         "dense_forward_ms": per_model["dense_forward"], "dense_attention_ms": per_model["dense_attention"],
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
                if b <= n and not (b <= 4 and n > args.max_n_block_4)]
     with torch.no_grad():  # not inference_mode: the models' budget buffers are set inside
         for i, (n, b, B) in enumerate(configs):
-            row = measure(n, b, B, args.rounds)
+            row = measure(n, b, B, args.rounds, args.scorer_rank)
             payload["rows"].append(row)
             payload["provenance"].update(loadavg_end=load_average(), wall_s=round(time.time() - t0, 1))
             atomic_write_json(args.out, payload)
