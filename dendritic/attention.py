@@ -88,8 +88,8 @@ class DendriticSelfAttention(BertSelfAttention):
     def __init__(self, config, layer_idx: int = 0):
         super().__init__(config, is_causal=False, layer_idx=layer_idx)
         H, dh = self.num_attention_heads, self.attention_head_size
-        # Read once, here (like every config field the layer uses): a transformers config attribute costs ~1 µs a
-        # read, and the policy runs per layer and forward pass.
+        # Read once, here (like every config field the layer uses): a transformers config attribute read goes
+        # through its __getattribute__ override, and the policy runs per layer and forward pass.
         self.block_size, self.gating, self.dense_cls_row = config.block_size, config.gating, config.dense_cls_row
         self.scorer = ImportanceScorer(config.hidden_size, H, config.scorer_rank, dh)
         self.gate = GatingController(config.hidden_size, H, config.gating_max_shift)

@@ -54,8 +54,8 @@ def fused_learned_policy(layer, hidden_states: torch.Tensor, key_padding: torch.
                              pair_sparsity)
 
 
-# The policy's modules and parameters read through the modules' own dictionaries: ``nn.Module.__getattr__`` costs
-# ~1 µs a lookup on these CPUs and the call needs ~20 of them a layer — at GLUE lengths a tenth of the policy.  Read
+# The policy's modules and parameters read through the modules' own dictionaries: ``nn.Module.__getattr__`` is the
+# slow fallback path of attribute lookup and the call needs ~20 lookups a layer, every forward pass.  Read
 # every call (not cached): a parameter replaced by ``load_state_dict(assign=True)`` or ``.to()`` is seen at once.
 def _submodules(module, *names):
     mods = module._modules

@@ -132,7 +132,7 @@ def run_one(run: Run, *, preset: str, run_dir: Path, results: Path, init_from: s
         existing = json.loads(out_file.read_text())
         _check_same_settings(out_file, existing.get("resolved_config", {}), run.wanted())
         return existing
-    overrides = {**run.overrides(), "output_dir": str(run_dir / run.group / run.task / run.name), "init_from": init_from}
+    overrides = {**run.overrides(), "output_dir": str(run_dir / run.key), "init_from": init_from}
     cfg = load_phase_config(3, preset, overrides, config_dir=config_dir)
     started = time.time()
     try:  # only a missing GLUE split means "skip this task"; any other missing file is an error
@@ -240,7 +240,7 @@ def execute(plan, sel: Selection, *, preset: str, run_dir: Path, results_root: P
     while True:
         wanted = {r.init_run for r in missing if r.init_run}
         more = [r for r in runs if r not in missing and r.key in wanted
-                and not (run_dir / r.group / r.task / r.name / "model.safetensors").exists()]
+                and not (run_dir / r.key / "model.safetensors").exists()]
         if not more:
             break
         missing += more
