@@ -49,6 +49,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vector_isa() -> str:
+    """The widest x86 vector extension the CPU reports (``avx512f`` / ``avx2`` / ``baseline``): the ``cpu`` kernel's
+    and the fused policy's code path follow it, so timings from CPUs of one model name but another ISA differ
+    (AMD EPYC hosts come with and without AVX-512)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return next((isa for isa in ("avx512f", "avx2") if isa in flags), "baseline")
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -65,6 +79,7 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "packages": {p: _version(p) for p in ("torch", "transformers", "datasets", "evaluate", "accelerate", "cupy-cuda13x", "dendritic-bert")},
         "cpu": cpu_model(),
+        "cpu_isa": cpu_vector_isa(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

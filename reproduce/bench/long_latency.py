@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measured(prov: dict) -> dict:
     """Where and under what load a row was timed (rows of several runs share one file)."""
-    return {k: prov.get(k) for k in ("cpu", "threads", "loadavg_start", "created", "git_commit")}
+    return {k: prov.get(k) for k in ("cpu", "cpu_isa", "threads", "loadavg_start", "created", "git_commit")}
 
 
 def run(plan, lengths: list[int], run_dir: Path, out: Path) -> dict:

@@ -42,7 +42,8 @@ def _latency_note(data: dict) -> str:
 def _machine(prov: dict) -> str:
     load = prov.get("loadavg_start")
     load_text = f", 1-min load average at start {load[0]:.1f}" if isinstance(load, list) and load else ""
-    return (f"machine {prov.get('cpu', '?')}, {prov.get('threads', '?')} threads{load_text}, "
+    isa = f" ({prov['cpu_isa']})" if prov.get("cpu_isa") else ""  # recorded since 2026-12-07
+    return (f"machine {prov.get('cpu', '?')}{isa}, {prov.get('threads', '?')} threads{load_text}, "
             f"commit {str(prov.get('git_commit', '?'))[:12]}")
 
 
