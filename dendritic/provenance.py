@@ -52,7 +52,8 @@ def cpu_model() -> str:
 def cpu_vector_isa() -> str:
     """The widest x86 vector extension the CPU reports (``avx512f`` / ``avx2`` / ``baseline``): the ``cpu`` kernel's
     and the fused policy's code path follow it, so timings from CPUs of one model name but another ISA differ
-    (AMD EPYC hosts come with and without AVX-512)."""
+    (AMD EPYC hosts come with and without AVX-512).  What the CPU offers, not the path a run took: the kernel's own
+    choice, which ``DENDRITIC_CPU_ISA`` can override, is ``dendritic.kernels.cpu.cpu_isa()``."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
