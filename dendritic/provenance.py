@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -39,14 +40,23 @@ def git_commit() -> str:
         return "unknown"
 
 
-def cpu_model() -> str:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's ``/proc/cpuinfo`` fields (empty where there is none, e.g. macOS), read once."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break  # the end of the first processor's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_vector_isa() -> str:
@@ -54,14 +64,11 @@ def cpu_vector_isa() -> str:
     and the fused policy's code path follow it, so timings from CPUs of one model name but another ISA differ
     (AMD EPYC hosts come with and without AVX-512).  What the CPU offers, not the path a run took: the kernel's own
     choice, which ``DENDRITIC_CPU_ISA`` can override, is ``dendritic.kernels.cpu.cpu_isa()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return next((isa for isa in ("avx512f", "avx2") if isa in flags), "baseline")
-    except OSError:
-        pass
-    return "unknown"
+    flags = _cpuinfo().get("flags")
+    if flags is None:
+        return "unknown"
+    flags = set(flags.split())
+    return next((isa for isa in ("avx512f", "avx2") if isa in flags), "baseline")
 
 
 def _version(name: str) -> str | None:

@@ -754,3 +754,22 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, bad):
     atomic_write_json(path, {"score": 0.75, "t": torch.tensor([1.0, 2.0])})
     assert json.loads(path.read_text()) == {"score": 0.75, "t": [1.0, 2.0]}
     assert sorted(p.name for p in path.parent.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse2 avx2 avx512f", "avx512f"), ("fpu avx avx2", "avx2"),
+                                             ("fpu sse2", "baseline"), (None, "unknown")])
+def test_provenance_reads_the_first_processor_of_cpuinfo(monkeypatch, tmp_path, flags, expected):
+    import dendritic.provenance as prov
+
+    text = "processor\t: 0\nmodel name\t: Test CPU 9000\n" + (f"flags\t\t: {flags}\n" if flags else "")
+    text += "\nprocessor\t: 1\nmodel name\t: Other CPU\nflags\t\t: avx512f\n"  # a later block must not count
+    info = tmp_path / "cpuinfo"
+    info.write_text(text)
+    real_path = prov.Path
+    monkeypatch.setattr(prov, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
+    prov._cpuinfo.cache_clear()
+    try:
+        assert prov.cpu_model() == "Test CPU 9000"
+        assert prov.cpu_vector_isa() == expected
+    finally:
+        prov._cpuinfo.cache_clear()

@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measured(prov: dict) -> dict:
-    """Where and under what load a row was timed (rows of several runs share one file)."""
-    return {k: prov.get(k) for k in ("cpu", "cpu_isa", "threads", "loadavg_start", "created", "git_commit")}
+    """Where and under what load a row was timed (rows of several runs share one file): ``cpu_isa`` is what the CPU
+    offers, ``kernel_path`` the code path the ``cpu`` kernel took (they differ only under ``DENDRITIC_CPU_ISA``)."""
+    return {k: prov.get(k) for k in ("cpu", "cpu_isa", "kernel_path", "threads", "loadavg_start", "created",
+                                     "git_commit")}
 
 
 def run(plan, lengths: list[int], run_dir: Path, out: Path) -> dict:
@@ -156,7 +158,10 @@ def run(plan, lengths: list[int], run_dir: Path, out: Path) -> dict:
         old = json.loads(out.read_text())
         kept = [{**r, "measured": r.get("measured") or _measured(old["provenance"])}
                 for r in old["rows"] if r["n"] not in lengths]
+    from dendritic.kernels.cpu import cpu_isa
+
     payload = {"rows": kept, "provenance": {**provenance(), "loadavg_start": load_average(),
+                                          "kernel_path": cpu_isa(torch.float32),
                                           "threads": torch.get_num_threads(), "settings": cfg}}
     t0 = time.time()
     for n in lengths:
