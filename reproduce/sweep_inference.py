@@ -200,9 +200,19 @@ def merge_rows(previous: list[dict], new: list[dict]) -> list[dict]:
     return [r for r in previous if (sweep_key(r), r.get("seed", 0)) not in swept] + new
 
 
-def write(out_file: Path, rows: list[dict], main_target: float, wall_s: float | None = None) -> None:
-    """``wall_s``: seconds this invocation has run so far (the sweep's runtime, for ARTIFACT.md)."""
+def write(out_file: Path, rows: list[dict], main_target: float, wall_s: float | None = None,
+          swept: dict | None = None) -> None:
+    """``wall_s``: seconds this invocation has run so far (the sweep's runtime, for ARTIFACT.md).  ``swept``: where,
+    when and in how many seconds each (sweep key, seed) now in the file was swept — ``"<key>/seed<k>"`` → record —
+    merged with the file's earlier records, so that a later sweep of another length or task does not erase how an
+    earlier one was made (a file written before these records keeps its last provenance under ``earlier``)."""
     prov = provenance() if wall_s is None else {**provenance(), "wall_s": round(wall_s, 1)}
+    old = json.loads(out_file.read_text())["provenance"] if out_file.exists() else {}
+    kept = {f"{sweep_key(r)}/seed{r.get('seed', 0)}" for r in rows}
+    records = {k: v for k, v in {**old.get("swept", {}), **(swept or {})}.items() if k in kept}
+    earlier = old.get("earlier") or ({k: v for k, v in old.items() if k != "swept"} if old and "swept" not in old
+                                     else None)
+    prov.update(swept=records, **({"earlier": earlier} if earlier else {}))
     atomic_write_json(out_file, {"rows": rows, "main_target": main_target,
                                  "matched": matched_summary(rows, main_target), "provenance": prov})
 
@@ -255,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                          "the models)")
     out_file = results / "inference_sweep.json"
     rows = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
-    new = []
+    new, swept = [], {}
     for task, seed in todo:
         model_dir = model_of[(task, seed)]
         key = f"{task}-n{args.long}" if args.long is not None else task
@@ -263,15 +273,19 @@ def main(argv: list[str] | None = None) -> int:
                               for r in rows) == n_points(targets, windows):
             print(f"{key} seed {seed}: swept already (--reuse)", flush=True)
             continue
+        t_model = time.time()
         if args.long is not None:
             done = sweep_long(model_dir, task, args.long, seed, batch_size=batch_size, eval_samples=args.eval_samples)
         else:
             done = sweep_task(model_dir, task, seed, max_length=args.max_length, batch_size=batch_size,
                               eval_samples=args.eval_samples)
         rows, new = merge_rows(rows, done), new + done
-        write(out_file, rows, main_target, time.time() - t0)  # after every model: a killed sweep keeps what it did
+        prov = provenance()
+        swept[f"{key}/seed{seed}"] = {"wall_s": round(time.time() - t_model, 1),
+                                      **{k: prov[k] for k in ("created", "git_commit", "cpu", "cpu_isa", "torch_threads")}}
+        write(out_file, rows, main_target, time.time() - t0, swept)  # after every model: a killed sweep keeps what it did
     # also when --reuse found everything swept: the summary is rebuilt (no wall time then: nothing was swept)
-    write(out_file, rows, main_target, time.time() - t0 if new else None)
+    write(out_file, rows, main_target, time.time() - t0 if new else None, swept)
     for r in new:
         knob = f"w={r['static_window']}" if r["policy"] == "static" else f"t={r['target_sparsity']}"
         print(f"{sweep_key(r):14s} s{r['seed']} {r['policy']:13s} {knob:6s} {r['metric']} {r['score']:.4f} "

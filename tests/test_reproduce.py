@@ -215,6 +215,27 @@ def test_inference_sweep_of_one_task_keeps_the_others():
     assert merged == [old[0], old[2], *new]  # SST-2 seed 0's old row (no seed: seed 0) replaced; MRPC, seed 1 kept
 
 
+def test_inference_sweep_keeps_how_earlier_sweeps_were_made(tmp_path):
+    """A sweep of another length records its own provenance and keeps the earlier sweep's: a file written before the
+    per-sweep records keeps its last provenance under ``earlier``; records of pairs no longer in the file go."""
+    from reproduce.sweep_inference import write
+
+    out = tmp_path / "inference_sweep.json"
+    row = lambda n, seed=0: {"task": "sotu_party", "n": n, "seed": seed, "policy": "none",  # noqa: E731
+                             "target_sparsity": None, "sparsity_mean": 0.0, "score": 0.7, "metric": "accuracy"}
+    out.write_text(json.dumps({"rows": [row(2048)], "provenance": {"wall_s": 918.6, "git_commit": "abc"}}))
+    write(out, [row(2048), row(1024)], 0.75, 60.0, {"sotu_party-n1024/seed0": {"wall_s": 59.0}})
+    prov = json.loads(out.read_text())["provenance"]
+    assert prov["wall_s"] == 60.0 and prov["swept"] == {"sotu_party-n1024/seed0": {"wall_s": 59.0}}
+    assert prov["earlier"] == {"wall_s": 918.6, "git_commit": "abc"}  # the n = 2048 sweep's, not erased
+    write(out, [row(2048), row(1024), row(1024, seed=1)], 0.75, 30.0, {"sotu_party-n1024/seed1": {"wall_s": 29.0}})
+    prov = json.loads(out.read_text())["provenance"]
+    assert set(prov["swept"]) == {"sotu_party-n1024/seed0", "sotu_party-n1024/seed1"}
+    assert prov["earlier"]["wall_s"] == 918.6
+    write(out, [row(2048)], 0.75, None, {})  # the n = 1024 rows dropped: their records go with them
+    assert json.loads(out.read_text())["provenance"]["swept"] == {}
+
+
 def _sweep_rows(task, seed, learned, static_scores, random_shift=0.0):
     """One model's sweep: learned at targets 0.3/0.5, a static curve, a random curve."""
     rows = [{"task": task, "seed": seed, "policy": "none", "target_sparsity": None, "sparsity_mean": 0.0,
