@@ -3,6 +3,7 @@
     python -m reproduce.sweep_inference --preset small              # the ablation plan's tasks, the GLUE plan's seeds
     python -m reproduce.sweep_inference --tasks cola --seeds 0      # one model
     python -m reproduce.sweep_inference --long 2048 --seeds 0       # the long plan's DendriticBERT at n = 2048
+    python -m reproduce.sweep_inference --long 1024 --seeds 0 --dense   # its dense model under the same masks
 
 
 The trained trade-off points (``python -m reproduce glue --tradeoff``) fine-tune one model per target, for the learned policy
@@ -27,6 +28,11 @@ adapted to policy X do" (that is the ablation grid).  Rows (with their ``seed``)
 seed<k>``, on its dev windows; targets around the plan's 0.75, windows up to 4 blocks) into
 ``reproduce/results/long/inference_sweep.json``: whether, where skipping attention pays, the learned policy chooses
 better blocks than a static window or training-free scores at the same sparsity.
+
+``--dense`` sweeps the same seed's *dense* model instead (``dense-seed<k>`` / ``dense-n<N>-seed<k>``: never fine-tuned
+under masks, so no learned policy — its scorer is untrained) under the training-free, random and static masks, into
+``inference_sweep_dense.json`` beside the main file: what skipping costs the dense model itself, the baseline any
+fine-tuning under masks has to beat.
 """
 
 from __future__ import annotations
@@ -52,13 +58,13 @@ LONG_TARGETS = (0.5, 0.75, 0.9)
 LONG_WINDOWS = (0, 1, 2, 3, 4)
 
 
-def n_points(targets, windows) -> int:
-    """none + learned / training-free / random per target + static per window."""
-    return 1 + 3 * len(targets) + len(windows)
+def n_points(targets, windows, learned: bool = True) -> int:
+    """none + learned (unless a dense model's sweep) / training-free / random per target + static per window."""
+    return 1 + (3 if learned else 2) * len(targets) + len(windows)
 
 
 def sweep_task(model_dir: Path, task: str, seed: int, *, max_length: int, batch_size: int, eval_samples: int | None,
-               targets=TARGETS, windows=WINDOWS) -> list[dict]:
+               targets=TARGETS, windows=WINDOWS, dense: bool = False) -> list[dict]:
     """One row per (policy, target or window) for a GLUE task: dev score and achieved block / pair sparsity."""
     from transformers import AutoTokenizer
 
@@ -72,11 +78,11 @@ def sweep_task(model_dir: Path, task: str, seed: int, *, max_length: int, batch_
     dev = tokenize_glue(dev, tokenizer, task, max_length)
     return sweep_model(model_dir, dev, tokenizer, task=task, seed=seed, metric=primary_metric(task),
                        metrics_fn=lambda p, y: compute_glue_metrics(task, p, y), batch_size=batch_size,
-                       targets=targets, windows=windows)
+                       targets=targets, windows=windows, dense=dense)
 
 
 def sweep_long(model_dir: Path, task: str, n: int, seed: int, *, batch_size: int, eval_samples: int | None,
-               targets=LONG_TARGETS, windows=LONG_WINDOWS) -> list[dict]:
+               targets=LONG_TARGETS, windows=LONG_WINDOWS, dense: bool = False) -> list[dict]:
     """The same sweep for a long-document model on its dev windows of n tokens (rows carry ``n``)."""
     from transformers import AutoTokenizer
 
@@ -89,12 +95,14 @@ def sweep_long(model_dir: Path, task: str, n: int, seed: int, *, batch_size: int
         dev = subsample(dev, eval_samples, 0)
     return sweep_model(model_dir, dev, tokenizer, task=task, seed=seed, metric="accuracy",
                        metrics_fn=compute_long_metrics, batch_size=batch_size, targets=targets, windows=windows,
-                       extra={"n": n})
+                       extra={"n": n}, dense=dense)
 
 
 def sweep_model(model_dir: Path, dev, tokenizer, *, task: str, seed: int, metric: str, metrics_fn, batch_size: int,
-                targets, windows, extra: dict | None = None) -> list[dict]:
-    """Evaluate ``dev`` with the model in ``model_dir`` under every policy point; one row each."""
+                targets, windows, extra: dict | None = None, dense: bool = False) -> list[dict]:
+    """Evaluate ``dev`` with the model in ``model_dir`` under every policy point; one row each.  ``dense``: the
+    model is a dense run's (saved with ``dendritic = False``, an untrained scorer): its masks are switched on for the
+    untrained policies only, and rows say ``variant = "dense"``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -103,14 +111,16 @@ def sweep_model(model_dir: Path, dev, tokenizer, *, task: str, seed: int, metric
     from dendritic.modeling import base_model
     from dendritic.training.phases import evaluate_glue
 
-    points = [("none", None, None)] + [("learned", t, None) for t in targets] + [("training_free", t, None) for t in targets] + \
-             [("random", t, None) for t in targets] + [("static", None, w) for w in windows]
+    points = [("none", None, None)] + ([] if dense else [("learned", t, None) for t in targets]) + \
+             [("training_free", t, None) for t in targets] + [("random", t, None) for t in targets] + \
+             [("static", None, w) for w in windows]
     rows = []
     for policy, target, window in tqdm(points, desc=f"inference sweep {task} seed {seed}"):
         if policy == "none":  # the same weights with every block kept: what the masks cost this model
             overrides = {"dendritic": False}
         else:
-            overrides = {"policy": policy} | ({"static_window": window} if window is not None else {})
+            overrides = {"policy": policy} | ({"static_window": window} if window is not None else {}) | \
+                        ({"dendritic": True} if dense else {})
         model = DendriticBertForSequenceClassification.from_pretrained(model_dir, **overrides)
         if target is not None:
             base = base_model(model)
@@ -122,7 +132,8 @@ def sweep_model(model_dir: Path, dev, tokenizer, *, task: str, seed: int, metric
         rows.append({"task": task, "seed": seed, "policy": policy, "target_sparsity": target, "static_window": window,
                      "metric": metric, "score": metrics[metric], "metrics": metrics,
                      "sparsity_mean": ev["sparsity_mean"] or 0.0, "pair_sparsity_mean": ev["pair_sparsity_mean"] or 0.0,
-                     "dev_examples": len(dev), "model": str(model_dir), **(extra or {})})
+                     "dev_examples": len(dev), "model": str(model_dir), "variant": "dense" if dense else "dendritic",
+                     **(extra or {})})
     return rows
 
 
@@ -234,17 +245,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the (task, seed) pairs whose every point is already in the results file")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 (GLUE), 8 (--long)")
     parser.add_argument("--max-length", type=int, default=128, help="GLUE only")
+    parser.add_argument("--dense", action="store_true",
+                        help="sweep the same seeds' dense models (untrained policies only) into inference_sweep_dense.json")
     args = parser.parse_args(argv)
     t0 = time.time()
 
     runs = Path(args.output_dir or f"runs/{args.preset}")
+    variant = "dense" if args.dense else "dendritic"
     if args.long is not None:
         plan = load_plan("long", args.preset)
         if args.long not in plan.lengths:
             raise SystemExit(f"--long {args.long}: the long plan's lengths are {plan.lengths}")
         tasks, seeds = [plan.task], (args.seeds if args.seeds is not None else plan.seeds)
         todo = [(plan.task, s) for s in seeds]
-        model_of = {(plan.task, s): runs / "long" / plan.task / f"dendritic-n{args.long}-seed{s}" for s in seeds}
+        model_of = {(plan.task, s): runs / "long" / plan.task / f"{variant}-n{args.long}-seed{s}" for s in seeds}
         results = Path(args.results_dir) if args.results_dir else RESULTS / "long"
         main_target = float(plan.variant["dendritic"]["settings"]["target_sparsity"])
         targets, windows, batch_size = LONG_TARGETS, LONG_WINDOWS, args.batch_size or 8
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = args.tasks or plan.tasks
         todo = [(task, seed) for seed in sorted({s for t in tasks for s in glue_plan.task_seeds(t, args.seeds)})
                 for task in tasks if seed in glue_plan.task_seeds(task, args.seeds)]  # seed by seed
-        model_of = {(t, s): runs / "glue" / t / f"dendritic-seed{s}" for t, s in todo}
+        model_of = {(t, s): runs / "glue" / t / f"{variant}-seed{s}" for t, s in todo}
         results = Path(args.results_dir) if args.results_dir else DEFAULT_RESULTS
         main_target = glue_plan.main_target
         targets, windows, batch_size = TARGETS, WINDOWS, args.batch_size or 64
@@ -263,22 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     if missing:  # before any work starts
         raise SystemExit(f"no fine-tuned model in {', '.join(map(str, missing))}: run `{how}` first (the plan keeps "
                          "the models)")
-    out_file = results / "inference_sweep.json"
+    out_file = results / ("inference_sweep_dense.json" if args.dense else "inference_sweep.json")
     rows = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
     new, swept = [], {}
     for task, seed in todo:
         model_dir = model_of[(task, seed)]
         key = f"{task}-n{args.long}" if args.long is not None else task
         if args.reuse and sum(sweep_key(r) == key and r.get("seed", 0) == seed and r["model"] == str(model_dir)
-                              for r in rows) == n_points(targets, windows):
+                              for r in rows) == n_points(targets, windows, learned=not args.dense):
             print(f"{key} seed {seed}: swept already (--reuse)", flush=True)
             continue
         t_model = time.time()
         if args.long is not None:
-            done = sweep_long(model_dir, task, args.long, seed, batch_size=batch_size, eval_samples=args.eval_samples)
+            done = sweep_long(model_dir, task, args.long, seed, batch_size=batch_size, eval_samples=args.eval_samples,
+                              dense=args.dense)
         else:
             done = sweep_task(model_dir, task, seed, max_length=args.max_length, batch_size=batch_size,
-                              eval_samples=args.eval_samples)
+                              eval_samples=args.eval_samples, dense=args.dense)
         rows, new = merge_rows(rows, done), new + done
         prov = provenance()
         swept[f"{key}/seed{seed}"] = {"wall_s": round(time.time() - t_model, 1),

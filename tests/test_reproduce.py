@@ -131,6 +131,16 @@ def test_quick_long_plan(tmp_path):
     assert abs(learned["sparsity_mean"] - run["sparsity_mean"]) < 0.02  # its own budgets: the run's evaluation
     none = next(r for r in swept["rows"] if r["policy"] == "none")
     assert none["sparsity_mean"] == 0.0 and none["dev_examples"] == run["dev_examples"]
+    # The same masks on the dense model it was sparsified from (never fine-tuned under masks; no learned policy).
+    assert sweep(["--preset", "smoke", "--long", "96", "--seeds", "0", "--output-dir", str(tmp_path), "--dense",
+                  "--results-dir", str(tmp_path / "sweep"), "--eval-samples", "12"]) == 0
+    dense_rows = json.loads((tmp_path / "sweep" / "inference_sweep_dense.json").read_text())["rows"]
+    assert len(dense_rows) == n_points(LONG_TARGETS, LONG_WINDOWS, learned=False)
+    assert {r["variant"] for r in dense_rows} == {"dense"} and "learned" not in {r["policy"] for r in dense_rows}
+    assert all(r["model"].endswith("dense-n96-seed0") for r in dense_rows)
+    masked = [r for r in dense_rows if r["policy"] == "training_free"]
+    assert all(r["sparsity_mean"] > 0 for r in masked)  # the dense model's masks are really switched on
+    assert len(json.loads((tmp_path / "sweep" / "inference_sweep.json").read_text())["rows"]) == len(swept["rows"])
     with pytest.raises(SystemExit, match="lengths are"):
         sweep(["--preset", "smoke", "--long", "97", "--output-dir", str(tmp_path)])
 
