@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def sweep_key(row: dict) -> str:
 def matched_summary(rows: list[dict], main_target: float) -> dict:
     """Part 2b of #13: per task, every policy's dev score at the sparsity the learned policy achieves at the main
     target (interpolated along each policy's swept curve, per seed), and the learned policy's paired margin over
-    each other policy across seeds.  ``beyond_noise``: the mean margin exceeds twice its standard error (≥ 3
+    each other policy across seeds.  For a dense model's sweep (``--dense``) the learned point is its rows'
+    ``learned_reference`` (the same seed's DendriticBERT), and ``none`` is the dense model itself.  ``beyond_noise``: the mean margin exceeds twice its standard error (≥ 3
     seeds); ``None`` with fewer seeds."""
     out = {}
     for task in sorted({sweep_key(r) for r in rows}):  # a GLUE task, or a long task at one length
@@ -171,6 +173,8 @@ def matched_summary(rows: list[dict], main_target: float) -> dict:
         for seed in sorted({r.get("seed", 0) for r in rows if sweep_key(r) == task}):
             mine = [r for r in rows if sweep_key(r) == task and r.get("seed", 0) == seed]
             ref = [r for r in mine if r["policy"] == "learned" and r["target_sparsity"] == main_target]
+            # a dense model's sweep: the learned point is the same seed's DendriticBERT, from its run's evaluation
+            ref = ref or [r["learned_reference"] for r in mine[:1] if r.get("learned_reference")]
             none = [r for r in mine if r["policy"] == "none"]
             if not ref:
                 continue
@@ -202,6 +206,25 @@ def matched_summary(rows: list[dict], main_target: float) -> dict:
         task_out["learned_minus"] = margins
         out[task] = task_out
     return out
+
+
+def _learned_references(model_of: dict) -> dict:
+    """For a dense sweep: each (task, seed)'s DendriticBERT as its own run evaluated it (``dendritic-...`` beside
+    ``dense-...``, its ``done.json``: kept even where the model is not), keyed like the rows' (sweep key, seed)."""
+    refs = {}
+    for (task, seed), model_dir in model_of.items():
+        done = model_dir.parent / model_dir.name.replace("dense", "dendritic", 1) / "done.json"
+        if done.exists():
+            run = json.loads(done.read_text())
+            n = re.search(r"-n(\d+)-", model_dir.name)
+            key = f"{task}-n{n.group(1)}" if n else task
+            refs[(key, seed)] = {"score": run["score"], "sparsity_mean": run["sparsity_mean"], "run": str(done.parent)}
+    return refs
+
+
+def _with_references(rows: list[dict], refs: dict) -> list[dict]:
+    return [{**r, "learned_reference": refs[(sweep_key(r), r.get("seed", 0))]}
+            if (sweep_key(r), r.get("seed", 0)) in refs else r for r in rows]
 
 
 def merge_rows(previous: list[dict], new: list[dict]) -> list[dict]:
@@ -280,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     out_file = results / ("inference_sweep_dense.json" if args.dense else "inference_sweep.json")
     rows = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
     new, swept = [], {}
+    refs = _learned_references(model_of) if args.dense else {}
+    rows = _with_references(rows, refs)  # also for pairs swept before (--reuse)
     for task, seed in todo:
         model_dir = model_of[(task, seed)]
         key = f"{task}-n{args.long}" if args.long is not None else task
@@ -295,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             done = sweep_task(model_dir, task, seed, max_length=args.max_length, batch_size=batch_size,
                               eval_samples=args.eval_samples, dense=args.dense)
         rows, new = merge_rows(rows, done), new + done
+        rows = _with_references(rows, refs)
         prov = provenance()
         swept[f"{key}/seed{seed}"] = {"wall_s": round(time.time() - t_model, 1),
                                       **{k: prov[k] for k in ("created", "git_commit", "cpu", "cpu_isa", "torch_threads")}}

@@ -134,7 +134,12 @@ def test_quick_long_plan(tmp_path):
     # The same masks on the dense model it was sparsified from (never fine-tuned under masks; no learned policy).
     assert sweep(["--preset", "smoke", "--long", "96", "--seeds", "0", "--output-dir", str(tmp_path), "--dense",
                   "--results-dir", str(tmp_path / "sweep"), "--eval-samples", "12"]) == 0
-    dense_rows = json.loads((tmp_path / "sweep" / "inference_sweep_dense.json").read_text())["rows"]
+    dense_sweep = json.loads((tmp_path / "sweep" / "inference_sweep_dense.json").read_text())
+    dense_rows = dense_sweep["rows"]
+    # matched at the same seed's DendriticBERT: its own evaluation (score, sparsity) is the learned point
+    (m,) = dense_sweep["matched"].values()
+    assert m["learned"]["mean"] == run["score"] and m["sparsity"]["mean"] == run["sparsity_mean"]
+    assert all(r["learned_reference"]["score"] == run["score"] for r in dense_rows)
     assert len(dense_rows) == n_points(LONG_TARGETS, LONG_WINDOWS, learned=False)
     assert {r["variant"] for r in dense_rows} == {"dense"} and "learned" not in {r["policy"] for r in dense_rows}
     assert all(r["model"].endswith("dense-n96-seed0") for r in dense_rows)
