@@ -257,6 +257,11 @@ def build_fixtures(root: Path) -> None:
     long_sweep = [{**r, "task": "sotu_party", "n": 2048} for r in sweep if r.get("seed") == 0]  # one seed, n = 2048
     _write(root / "long" / "inference_sweep.json", {"rows": long_sweep, "main_target": 0.5,
                                                     "matched": matched_summary(long_sweep, 0.5), "provenance": {}})
+    # The dense model's sweep (--dense): no learned rows; the learned point is the DendriticBERT run's own evaluation.
+    dense_sweep = [{**r, "variant": "dense", "learned_reference": {"score": 0.61, "sparsity_mean": 0.45, "run": "x"}}
+                   for r in long_sweep if r["policy"] != "learned"]
+    _write(root / "long" / "inference_sweep_dense.json", {"rows": dense_sweep, "main_target": 0.5,
+                                                          "matched": matched_summary(dense_sweep, 0.5), "provenance": {}})
     _write(root / "diagnostics" / "summary.json", {
         "dense_from_phase2": {"question": "Is it the phase-2 weights?", "task": "rte", "variant": "dense",
                               "init": "phase2", "settings": {},
@@ -286,7 +291,8 @@ EXPECTED = [
     "kernel_efficiency.png", "table_kernels.md", "memory_vs_n.png", "table_memory.md", "ablations.png",
     "table_ablations.md", "table_ablations.csv", "table_ablations_wide.md", "table_ablations_wide.csv",
     "table_diagnostics.md", "table_diagnostics.csv", "table_policy_matched.md", "table_policy_matched.csv",
-    "table_long_policy_matched.md", "table_long_policy_matched.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
+    "table_long_policy_matched.md", "table_long_policy_matched.csv", "table_long_dense_masks.md",
+    "table_long_dense_masks.csv", "example_masks.png", "table_gpu.md", "table_gpu.csv",
     "table_long.md", "table_long.csv", "table_long_mlm.md", "table_long_holdout.md", "table_long_holdout.csv",
     "long_latency_vs_retention.png", "table_glue_recipes.md",
     "table_glue_recipes.csv", "table_recipe_search.md", "table_recipe_search.csv", "table_int8.md", "table_int8.csv", "table_int8_accuracy.md", "MANIFEST.md",
@@ -422,6 +428,12 @@ def test_policy_matched_table(two_runs):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "1" and cells[5] == "61.0" and "fewer than 3 seeds" in cells[9] and cells[12] == "10.0"
     assert "long-document DendriticBERT" in text
+    # The dense model under masks, against the same seed's DendriticBERT at the sparsity that one reached.
+    text = (root / "a" / "table_long_dense_masks.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| sotu_party-n2048 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "45.0" and cells[4] == "66.0" and cells[5] == "61.0" and cells[6] == "56.0"
+    assert "never fine-tuned under masks" in text and "the dense model itself" in text
 
 
 def test_ablation_table_content(two_runs):

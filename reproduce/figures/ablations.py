@@ -262,8 +262,27 @@ def table_long_policy_matched(out: Output) -> None:
                     dependence="reproduce/results/long/summary.json", name_what="long documents")
 
 
+def table_long_dense_masks(out: Output) -> None:
+    """#14 — what fine-tuning under masks buys: the same seed's *dense* long-document model, never fine-tuned under
+    masks, under training-free / static / random masks at the sparsity its DendriticBERT reached
+    (``python -m reproduce.sweep_inference --long N --dense``)."""
+    _policy_matched(out, "table_long_dense_masks", out.results / "long" / "inference_sweep_dense.json", [],
+                    lambda key: None,
+                    models="the dense long-document model (never fine-tuned under masks; 64-token blocks) on its dev "
+                           "windows of n tokens, against the same seed's DendriticBERT (sparsified from it at target "
+                           "{target})",
+                    swept="training-free and random: targets 0.5–0.9; static: windows 0–4 blocks",
+                    dependence="–", name_what="long documents, the dense model under masks",
+                    same_weights=("'learned' = the same seed's DendriticBERT as its run evaluated it (other weights: "
+                                  "fine-tuned under its masks with distillation); every other column = the dense "
+                                  "model's weights, the safety floor included."),
+                    no_mask="No mask = the dense model itself (full attention).")
+
+
 def _policy_matched(out: Output, name: str, path: Path, extra_sources: list[Path], dependence_of, *, models: str,
-                    swept: str, dependence: str, name_what: str = "") -> None:
+                    swept: str, dependence: str, name_what: str = "",
+                    same_weights: str = "Same weights, same safety floor; only the learned policy was trained with them.",
+                    no_mask: str = "No mask = the same weights with full attention.") -> None:
     what = f"learned vs other policies at matched sparsity ({name})"
     if not require(out, what, path):
         return
@@ -304,9 +323,9 @@ def _policy_matched(out: Output, name: str, path: Path, extra_sources: list[Path
                 f"{models.format(target=data.get('main_target', '?'))}: every "
                 "policy's dev score (× 100, mean ± std over seeds) at the block sparsity the learned policy reaches "
                 f"there, read off each policy's swept curve by linear interpolation ({swept}; no extrapolation).  "
-                "Same weights, same safety floor; only the learned policy was trained with them."),
+                + same_weights),
                ("Margins are paired by seed; 'learned better/worse' = the mean margin exceeds twice its standard "
-                "error, else 'not separable'.  No mask = the same weights with full attention.  Input dependence "
+                f"error, else 'not separable'.  {no_mask}  Input dependence "
                 f"({dependence}) = the share of block decisions that differ from each head's most common "
                 "decision at the same input length.")]
     out.table(name, header, rows, caption, sources,
@@ -318,4 +337,5 @@ def _policy_matched(out: Output, name: str, path: Path, extra_sources: list[Path
               csv_rows=csv_rows)
 
 
-FIGURES = [ablations, table_ablations, table_wide, table_diagnostics, table_policy_matched, table_long_policy_matched]
+FIGURES = [ablations, table_ablations, table_wide, table_diagnostics, table_policy_matched, table_long_policy_matched,
+           table_long_dense_masks]
