@@ -165,8 +165,8 @@ def matched_summary(rows: list[dict], main_target: float) -> dict:
     """Part 2b of #13: per task, every policy's dev score at the sparsity the learned policy achieves at the main
     target (interpolated along each policy's swept curve, per seed), and the learned policy's paired margin over
     each other policy across seeds.  For a dense model's sweep (``--dense``) the learned point is its rows'
-    ``learned_reference`` (the same seed's DendriticBERT), and ``none`` is the dense model itself.  ``beyond_noise``: the mean margin exceeds twice its standard error (≥ 3
-    seeds); ``None`` with fewer seeds."""
+    ``learned_reference`` (the same seed's DendriticBERT), and ``none`` is the dense model itself.
+    ``beyond_noise``: the mean margin exceeds twice its standard error (≥ 3 seeds); ``None`` with fewer seeds."""
     out = {}
     for task in sorted({sweep_key(r) for r in rows}):  # a GLUE task, or a long task at one length
         per_seed = {}
