@@ -29,9 +29,9 @@ seed<k>``, on its dev windows; targets around the plan's 0.75, windows up to 4 b
 ``reproduce/results/long/inference_sweep.json``: whether, where skipping attention pays, the learned policy chooses
 better blocks than a static window or training-free scores at the same sparsity.
 
-``--dense`` sweeps the same seed's *dense* model instead (``dense-seed<k>`` / ``dense-n<N>-seed<k>``: never fine-tuned
-under masks, so no learned policy — its scorer is untrained) under the training-free, random and static masks, into
-``inference_sweep_dense.json`` beside the main file: what skipping costs the dense model itself, the baseline any
+``--dense`` (with ``--long`` only: the GLUE plan's dense models were never swept this way) sweeps the same seed's
+*dense* model instead (``dense-n<N>-seed<k>``: never fine-tuned under masks, so no learned policy — its scorer is
+untrained) under the training-free, random and static masks, into ``inference_sweep_dense.json`` beside the main file: what skipping costs the dense model itself, the baseline any
 fine-tuning under masks has to beat.
 """
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -208,17 +207,16 @@ def matched_summary(rows: list[dict], main_target: float) -> dict:
     return out
 
 
-def _learned_references(model_of: dict) -> dict:
-    """For a dense sweep: each (task, seed)'s DendriticBERT as its own run evaluated it (``dendritic-...`` beside
-    ``dense-...``, its ``done.json``: kept even where the model is not), keyed like the rows' (sweep key, seed)."""
+def _learned_references(runs: Path, task: str, n: int, seeds) -> dict:
+    """For a dense sweep at length ``n``: each seed's DendriticBERT as its own run evaluated it (its ``done.json``,
+    kept even where the model is not), keyed like the rows: (sweep key, seed)."""
     refs = {}
-    for (task, seed), model_dir in model_of.items():
-        done = model_dir.parent / model_dir.name.replace("dense", "dendritic", 1) / "done.json"
+    for seed in seeds:
+        done = runs / "long" / task / f"dendritic-n{n}-seed{seed}" / "done.json"
         if done.exists():
             run = json.loads(done.read_text())
-            n = re.search(r"-n(\d+)-", model_dir.name)
-            key = f"{task}-n{n.group(1)}" if n else task
-            refs[(key, seed)] = {"score": run["score"], "sparsity_mean": run["sparsity_mean"], "run": str(done.parent)}
+            refs[(f"{task}-n{n}", seed)] = {"score": run["score"], "sparsity_mean": run["sparsity_mean"],
+                                            "run": str(done.parent)}
     return refs
 
 
@@ -269,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 (GLUE), 8 (--long)")
     parser.add_argument("--max-length", type=int, default=128, help="GLUE only")
     parser.add_argument("--dense", action="store_true",
-                        help="sweep the same seeds' dense models (untrained policies only) into inference_sweep_dense.json")
+                        help="with --long: sweep the same seeds' dense models (untrained policies only) into "
+                             "inference_sweep_dense.json")
     args = parser.parse_args(argv)
+    if args.dense and args.long is None:
+        parser.error("--dense sweeps the long plan's dense models: give --long N")
     t0 = time.time()
 
     runs = Path(args.output_dir or f"runs/{args.preset}")
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = args.tasks or plan.tasks
         todo = [(task, seed) for seed in sorted({s for t in tasks for s in glue_plan.task_seeds(t, args.seeds)})
                 for task in tasks if seed in glue_plan.task_seeds(task, args.seeds)]  # seed by seed
-        model_of = {(t, s): runs / "glue" / t / f"{variant}-seed{s}" for t, s in todo}
+        model_of = {(t, s): runs / "glue" / t / f"dendritic-seed{s}" for t, s in todo}
         results = Path(args.results_dir) if args.results_dir else DEFAULT_RESULTS
         main_target = glue_plan.main_target
         targets, windows, batch_size = TARGETS, WINDOWS, args.batch_size or 64
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     out_file = results / ("inference_sweep_dense.json" if args.dense else "inference_sweep.json")
     rows = json.loads(out_file.read_text())["rows"] if out_file.exists() else []
     new, swept = [], {}
-    refs = _learned_references(model_of) if args.dense else {}
+    refs = _learned_references(runs, tasks[0], args.long, seeds) if args.dense else {}
     rows = _with_references(rows, refs)  # also for pairs swept before (--reuse)
     for task, seed in todo:
         model_dir = model_of[(task, seed)]

@@ -230,6 +230,14 @@ def test_inference_sweep_of_one_task_keeps_the_others():
     assert merged == [old[0], old[2], *new]  # SST-2 seed 0's old row (no seed: seed 0) replaced; MRPC, seed 1 kept
 
 
+def test_dense_inference_sweep_needs_a_length(capsys):
+    from reproduce.sweep_inference import main as sweep
+
+    with pytest.raises(SystemExit):
+        sweep(["--preset", "smoke", "--dense"])  # the GLUE dense models: refused before any work
+    assert "--dense sweeps the long plan's dense models" in capsys.readouterr().err
+
+
 def test_inference_sweep_keeps_how_earlier_sweeps_were_made(tmp_path):
     """A sweep of another length records its own provenance and keeps the earlier sweep's: a file written before the
     per-sweep records keeps its last provenance under ``earlier``; records of pairs no longer in the file go."""
