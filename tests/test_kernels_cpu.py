@@ -125,7 +125,7 @@ PADDINGS = st.sampled_from([None, "prefix", "prefix", "scattered"])
 @st.composite
 def small_cases(draw):
     """Mostly small shapes (any n up to 200, every block size incl. 1) so hundreds of examples stay fast."""
-    block_size = draw(st.sampled_from([1, 4, 8, 16, 32, 64, 128]))
+    block_size = draw(st.sampled_from([1, 2, 3, 4, 8, 16, 32, 64, 128]))  # < 16: grouped on AVX-512
     n = draw(st.integers(1, 200 if block_size > 1 else 64))
     return {
         "seed": draw(st.integers(0, 2**31 - 1)),
@@ -190,6 +190,11 @@ def test_cpu_other_dtypes(case, dtype):
         (1025, 64, 64, "full", None),
         (1025, 32, 128, "random", "prefix"),
         (512, 64, 64, "empty", "prefix"),
+        # blocks under 16 tokens (the GLUE models'): grouped 16 query rows a task on AVX-512, partial last group
+        (130, 32, 4, "random", "scattered"),
+        (77, 32, 1, "random", "prefix"),
+        (50, 64, 3, "floor", "scattered"),
+        (200, 32, 2, "empty", None),
     ],
 )
 def test_cpu_named_shapes(n, d, block_size, mask_kind, padding, isa):
@@ -236,6 +241,30 @@ def test_cpu_never_reads_skipped_blocks(isa):
     k[:, :, tok_skipped] = float("nan")
     v[:, :, tok_skipped] = float("nan")
     assert torch.equal(run_cpu(q, k, v, nblk, idx, bs, None, isa), clean)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bs", [1, 4])
+def test_cpu_small_blocks_read_only_their_groups_union(isa, bs):
+    """Blocks under 16 tokens go by groups of 16 / bs query blocks over the union of their kept key blocks (AVX-512):
+    a key block that no query block of a group keeps is never read for that group — NaN there changes nothing —,
+    and a block kept by only one query block of a group reaches only that block's rows (each row's output equals
+    the oracle's, which attends to its own kept blocks only)."""
+    B, H, n, d = 1, 2, 96, 32
+    nb, G = n // bs, 16 // bs
+    q, k, v = (torch.randn(B, H, n, d) for _ in range(3))
+    keep = torch.zeros(B, H, nb, nb, dtype=torch.bool)
+    keep[..., torch.arange(nb), torch.arange(nb)] = True  # the diagonal: each group's union is its own rows' blocks
+    keep[..., 0, nb - 1] = True  # query block 0 alone (group 0) keeps the last key block
+    nblk, idx = dense_to_block_mask(keep)
+    clean = run_cpu(q, k, v, nblk, idx, bs, None, isa)
+    check_against_oracle(clean, q, k, v, nblk, idx, bs, None)
+    # key blocks outside group 0's union (its own G blocks and the last one) are NaN: group 0's rows never read them
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    poisoned_k[:, :, G * bs:n - bs] = float("nan")
+    poisoned_v[:, :, G * bs:n - bs] = float("nan")
+    out = run_cpu(q, poisoned_k, poisoned_v, nblk, idx, bs, None, isa)
+    assert torch.equal(out[:, :, :G * bs], clean[:, :, :G * bs])
 
 
 def test_cpu_fully_padded_rows_are_zero():

@@ -7,7 +7,9 @@ handed out dynamically over ``torch.get_num_threads()`` threads because rows kee
 Code paths, chosen at run time (never from the build machine's ISA):
 
 * ``"avx512"``: fp32 on CPUs reporting AVX-512F and FMA (``csrc/block_sparse_avx512.cpp``, compiled with
-  per-function ``target`` attributes so the same binary loads anywhere);
+  per-function ``target`` attributes so the same binary loads anywhere); blocks under 16 tokens (the GLUE models'
+  1-4) go by groups of 16 / block_size query blocks, one query row per vector lane, over the union of the group's
+  kept key blocks with a per-row lane mask — the same function, at full vector width;
 * ``"avx2"``: fp32 on CPUs with AVX2 and FMA but no AVX-512 (``csrc/block_sparse_avx2.cpp``, the same kernel with
   8-wide vectors);
 * ``"portable"``: plain C++ (auto-vectorised for the compiler's baseline ISA) for fp64, and for fp32 on every

@@ -1,4 +1,5 @@
-// AVX-512 fp32 block-sparse attention forward: one (batch, head, query block) task at a time.
+// AVX-512 fp32 block-sparse attention forward: one (batch, head, query block) task at a time — or, for blocks
+// under 16 tokens, one (batch, head, group of 16 / block_size query blocks) task (run_group_task, below).
 //
 // Every function here carries DENDRITIC_AVX512 (a per-function target attribute), so this TU is built with the
 // same flags as the rest of the extension and the binary still loads on CPUs without AVX-512; the dispatcher in
@@ -184,11 +185,154 @@ __attribute__((target("avx512f,avx2,fma"))) void run_task(const BlockSparseParam
   }
 }
 
+// -- Small blocks (block_size < 16): one task per GROUP of query blocks --------------------------------------------
+// With a 4-token block a (batch, head, query block) task fills 4 of a vector's 16 lanes and each kept key block is
+// a chunk of 4 keys, so run_task<1> computes at about a quarter of its width there.  Here one task takes
+// G = 16 / block_size consecutive query blocks (16 query rows, one per lane) and walks the UNION of their kept key
+// blocks, key by key, in chunks of KC keys gathered across blocks; each key carries a lane mask — the query rows
+// whose block keeps it (and none if the key is padding) — so a row's softmax runs over exactly its own kept real
+// keys, the same function as run_task.  Time scales with the union of the G rows' kept blocks, not with each row's
+// own: what the group does not keep is never read; a block kept by one of its rows is read for all G (its values
+// reach the other rows' lanes only multiplied by an exact 0, so finite K and V are assumed there, as for padded
+// keys inside a kept block).
+
+// S[0:kc] = Qt^T K for kc <= KC gathered keys (row pointers kr), -inf outside each key's lane mask; folds the tile
+// max into *mt.
+DENDRITIC_AVX512 void qk_gathered(const float* __restrict Qt, const float* const* kr, const __mmask16* kmask,
+                                  int64_t d, int kc, float* __restrict S, __m512* mt) {
+  const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+  for (int j0 = 0; j0 < kc; j0 += KJ) {
+    const int u_end = (KJ < kc - j0) ? KJ : kc - j0;
+    __m512 acc[KJ];
+    for (int u = 0; u < KJ; ++u) acc[u] = _mm512_setzero_ps();
+    for (int64_t e = 0; e < d; ++e) {
+      const __m512 qv = _mm512_load_ps(Qt + e * 16);
+      for (int u = 0; u < KJ; ++u)  // rows past u_end repeat the chunk's last key (never stored)
+        acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(kr[j0 + (u < u_end ? u : u_end - 1)][e]), qv, acc[u]);
+    }
+    for (int u = 0; u < u_end; ++u) {
+      const __m512 s = _mm512_mask_mov_ps(ninf, kmask[j0 + u], acc[u]);
+      *mt = _mm512_max_ps(*mt, s);
+      _mm512_store_ps(S + (int64_t)(j0 + u) * 16, s);
+    }
+  }
+}
+
+// Ot[e0:e0+T] = Ot[e0:e0+T] * alpha + V[gathered rows, e0:e0+T]^T P.
+template <int T>
+DENDRITIC_AVX512 void pv_gathered(const float* __restrict S, const float* const* vr, int64_t e0, int kc, __m512 alpha,
+                                  float* __restrict Ot) {
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_mul_ps(_mm512_load_ps(Ot + (e0 + t) * 16), alpha);
+  for (int j = 0; j < kc; ++j) {
+    const __m512 pj = _mm512_load_ps(S + (int64_t)j * 16);
+    const float* v = vr[j] + e0;
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(v[t]), pj, acc[t]);
+  }
+  for (int t = 0; t < T; ++t) _mm512_store_ps(Ot + (e0 + t) * 16, acc[t]);
+}
+
+// One gathered chunk: scores, online-softmax update (as key_chunk), P.V.
+DENDRITIC_AVX512 void gathered_chunk(const float* Qt, const float* const* kr, const float* const* vr,
+                                     const __mmask16* kmask, int64_t d, int kc, float* S, float* Ot, __m512* m,
+                                     __m512* l) {
+  __m512 mt = _mm512_set1_ps(-__builtin_inff());
+  qk_gathered(Qt, kr, kmask, d, kc, S, &mt);
+  const __m512 mn = _mm512_max_ps(*m, mt);
+  const __mmask16 dead = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+  const __m512 mu = _mm512_mask_mov_ps(mn, dead, _mm512_setzero_ps());
+  const __m512 alpha = exp_ps(_mm512_sub_ps(*m, mu));
+  *m = mn;
+  __m512 rs = _mm512_setzero_ps();
+  for (int j = 0; j < kc; ++j) {
+    float* sp = S + (int64_t)j * 16;
+    const __m512 pj = exp_ps(_mm512_sub_ps(_mm512_load_ps(sp), mu));
+    rs = _mm512_add_ps(rs, pj);
+    _mm512_store_ps(sp, pj);
+  }
+  *l = _mm512_fmadd_ps(*l, alpha, rs);
+  int64_t e0 = 0;
+  for (; e0 + DD <= d; e0 += DD) pv_gathered<DD>(S, vr, e0, kc, alpha, Ot);
+  for (; e0 < d; ++e0) pv_gathered<1>(S, vr, e0, kc, alpha, Ot);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) void run_group_task(const BlockSparseParams& p, int64_t task,
+                                                                float* scratch) {
+  const int64_t d = p.d, n = p.n, bs = p.block_size, nb = p.nb, G = 16 / bs, groups = (nb + G - 1) / G;
+  const int64_t bh = task / groups, g = task % groups, b = bh / p.H;
+  const float* Qh = static_cast<const float*>(p.q) + bh * n * d;
+  const float* Kh = static_cast<const float*>(p.k) + bh * n * d;
+  const float* Vh = static_cast<const float*>(p.v) + bh * n * d;
+  float* Oh = static_cast<float*>(p.out) + bh * n * d;
+  const uint8_t* kvalid = p.key_valid ? p.key_valid + b * n : nullptr;
+
+  float* Qt = scratch;        // d * 16
+  float* Ot = Qt + d * 16;    // d * 16
+  float* S = Ot + d * 16;     // KC * 16
+  uint32_t* lanes = reinterpret_cast<uint32_t*>(S + KC * 16);  // nb: lane mask of each key block, 0 = not kept
+
+  const int64_t qb0 = g * G, qb1 = (qb0 + G < nb) ? qb0 + G : nb;
+  const int64_t q0 = qb0 * bs, q1 = (qb1 * bs < n) ? qb1 * bs : n, rows = q1 - q0;
+  // the union of the group's kept key blocks, as the lanes (query rows) of the blocks that keep each; walked below
+  // in ascending order between the lowest and highest kept block (a scan, not a sort: no STL in this TU)
+  int64_t lo = nb, hi = -1;
+  for (int64_t qb = qb0; qb < qb1; ++qb) {
+    const int64_t t = bh * nb + qb;
+    const uint32_t bits = ((1u << bs) - 1u) << ((qb - qb0) * bs);
+    const int32_t* idx = p.idx + t * nb;
+    for (int64_t s = 0; s < p.nblk[t]; ++s) {
+      const int32_t kb = idx[s];
+      lanes[kb] |= bits;
+      lo = kb < lo ? kb : lo, hi = kb > hi ? kb : hi;
+    }
+  }
+
+  const float c = (float)p.scale;
+  const float* Qr = Qh + q0 * d;
+  for (int64_t e = 0; e < d; ++e)
+    for (int64_t i = 0; i < 16; ++i) Qt[e * 16 + i] = i < rows ? Qr[i * d + e] * c : 0.0f;
+  for (int64_t x = 0; x < d * 16; x += 16) _mm512_store_ps(Ot + x, _mm512_setzero_ps());
+  __m512 m = _mm512_set1_ps(-__builtin_inff()), l = _mm512_setzero_ps();
+  const float* kr[KC];
+  const float* vr[KC];
+  __mmask16 km[KC];
+  int kc = 0;
+  for (int64_t kb = lo; kb <= hi; ++kb) {
+    if (lanes[kb] == 0) continue;
+    const int64_t k0 = kb * bs, k1 = (k0 + bs < n) ? k0 + bs : n;
+    const __mmask16 mask = (__mmask16)lanes[kb];
+    lanes[kb] = 0;  // leave the scratch zeroed for the next task
+    for (int64_t t = k0; t < k1; ++t) {
+      if (kvalid != nullptr && !kvalid[t]) continue;  // padded key: no lane sees it
+      kr[kc] = Kh + t * d, vr[kc] = Vh + t * d, km[kc] = mask;
+      if (++kc == KC) gathered_chunk(Qt, kr, vr, km, d, kc, S, Ot, &m, &l), kc = 0;
+    }
+  }
+  if (kc > 0) gathered_chunk(Qt, kr, vr, km, d, kc, S, Ot, &m, &l);
+  float inv[16];
+  const __mmask16 live = _mm512_cmp_ps_mask(l, _mm512_setzero_ps(), _CMP_GT_OQ);
+  _mm512_storeu_ps(inv, _mm512_maskz_div_ps(live, _mm512_set1_ps(1.0f), l));
+  float* Or = Oh + q0 * d;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t e = 0; e < d; ++e) Or[i * d + e] = Ot[e * 16 + i] * inv[i];
+}
+
 }  // namespace
 
 bool avx512_compiled() { return true; }
 
-int64_t avx512_scratch_floats(const BlockSparseParams& p) { return (2 * p.d + KC) * 32 + 16; }
+int64_t avx512_scratch_floats(const BlockSparseParams& p) {
+  return (2 * p.d + KC) * 32 + 16 + p.nb;  // run_task<2>'s tiles, or run_group_task's and its nb lane masks
+}
+
+int64_t avx512_group_tasks(const BlockSparseParams& p) {
+  const int64_t G = 16 / p.block_size;
+  return p.B * p.H * ((p.nb + G - 1) / G);
+}
+
+void avx512_run_group_task(const BlockSparseParams& p, int64_t task, float* scratch) {
+  run_group_task(p, task, scratch);
+}
 
 void avx512_run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
   if (p.block_size <= 16)
@@ -205,6 +349,8 @@ namespace dendritic {
 bool avx512_compiled() { return false; }
 int64_t avx512_scratch_floats(const BlockSparseParams&) { return 0; }
 void avx512_run_task(const BlockSparseParams&, int64_t, float*) {}
+int64_t avx512_group_tasks(const BlockSparseParams&) { return 0; }
+void avx512_run_group_task(const BlockSparseParams&, int64_t, float*) {}
 }  // namespace dendritic
 
 #endif

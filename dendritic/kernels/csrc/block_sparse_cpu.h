@@ -24,6 +24,10 @@ struct BlockSparseParams {
 bool avx512_compiled();                                      // false on non-x86 builds
 int64_t avx512_scratch_floats(const BlockSparseParams& p);   // per-thread scratch size, in floats
 void avx512_run_task(const BlockSparseParams& p, int64_t task, float* scratch);
+// Blocks under 16 tokens: tasks are groups of 16 / block_size query blocks (one query row per lane); the scratch
+// must start zeroed (each task leaves it so).
+int64_t avx512_group_tasks(const BlockSparseParams& p);
+void avx512_run_group_task(const BlockSparseParams& p, int64_t task, float* scratch);
 bool avx2_compiled();
 int64_t avx2_scratch_floats(const BlockSparseParams& p);
 void avx2_run_task(const BlockSparseParams& p, int64_t task, float* scratch);
