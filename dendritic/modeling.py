@@ -252,12 +252,14 @@ class DendriticBertModel(_ClearCheckpointErrors, BertModel):
         and the device's block-sparse kernel) and the fused policy's extension — instead of on first use.  Needed
         before ``torch.compile(model, fullgraph=True)``: a first-use import cannot be traced."""
         from .kernels import get_backend
-        from .kernels.dispatch import SPARSE_BACKEND
+        from .kernels.dispatch import SPARSE_BACKEND, machine_kernel_path
 
         backend = self.attention_backend
         names = {"masked_sdpa", SPARSE_BACKEND.get(device_type, "masked_sdpa")} if backend == "auto" else {backend}
         for name in names:
             get_backend(name)
+        if backend == "auto":
+            machine_kernel_path(device_type)  # whether the stored fit applies here: found now, not inside a trace
         if self.fused_policy and device_type == "cpu":
             from .fused_policy import _extension
 

@@ -345,6 +345,14 @@ def test_auto_dispatch_follows_the_cost_model(monkeypatch):
     assert dispatch.choose_backend("cpu", 1, 12, 64, 64, 64, 1.0) == "masked_sdpa"  # one block: nothing to skip
     assert dispatch.choose_backend("cpu", 1, 12, 1024, 64, 64, 1.0) == "masked_sdpa"  # everything kept
     assert dispatch.choose_backend("mps", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"  # no sparse kernel there
+    # a fit made on another kernel code path (e.g. AVX-512's, read on an AVX2-only CPU) is not used: dense path
+    here = dispatch.machine_kernel_path("cpu")
+    other = "avx2" if here != "avx2" else "avx512"
+    monkeypatch.setattr(dispatch, "cost_model", lambda: {"cpu": {"log_ratio": w, "kernel_path": other}})
+    assert dispatch.fit_for("cpu") is None
+    assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "masked_sdpa"
+    monkeypatch.setattr(dispatch, "cost_model", lambda: {"cpu": {"log_ratio": w, "kernel_path": here}})
+    assert dispatch.choose_backend("cpu", 1, 12, 4096, 64, 64, 0.25) == "cpu"
     # the expected kept share: budgets raised to the floor's share (3 nb - 2 of nb^2 with the dense [CLS] row)
     assert dispatch.expected_keep([0.9, 0.5], 8 * 4, 4, True) == pytest.approx(((22 / 64) + 0.5) / 2)
 

@@ -13,6 +13,13 @@ the predicted ratio is below 1.  ``kept`` is the *expected* kept fraction — th
 the safety floor's — known on the host without reading a tensor (no device synchronisation in the forward pass);
 the achieved sparsity of the call is recorded beside the path.  A device kind with no fitted model runs
 ``masked_sdpa`` (dense speed, nothing to lose) and says so in the path name.
+
+A fit holds for the kernel code path it timed: the CPU fit records ``kernel_path`` (``"avx512"``, ``"avx2"``,
+``"portable"``: the ``cpu`` kernel's fp32 path on the fitting machine), and on a machine whose path differs — an
+AVX2-only CPU reading a fit made with AVX-512, where small blocks run at half the vector width — the fit is not
+used and ``auto`` runs masked SDPA, as with no fit.  Refit there (``python -m reproduce.bench.dispatch``).  Telling
+the path loads the ``cpu`` extension on the first CPU call (:meth:`DendriticBertModel.prepare_backends` does it
+ahead, e.g. before ``torch.compile``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "features", "predict_log_ratio"]
+__all__ = ["COST_FILE", "choose_backend", "cost_model", "expected_keep", "features", "fit_for", "machine_kernel_path",
+           "predict_log_ratio"]
 
 COST_FILE = Path(__file__).resolve().parent / "dispatch_costs.json"
 SPARSE_BACKEND = {"cpu": "cpu", "cuda": "cupy"}
@@ -29,6 +37,7 @@ FORWARD_ONLY = {"cpu"}  # sparse backends without a backward: never chosen when 
 
 
 _COSTS = json.loads(COST_FILE.read_text()) if COST_FILE.exists() else {}  # read once, at import (traceable later)
+_MACHINE_PATH: dict[str, str] = {}  # device kind -> the sparse kernel's code path here, found once
 
 
 def cost_model() -> dict:
@@ -54,13 +63,38 @@ def predict_log_ratio(coeffs: dict, B: int, n: int, d: int, block_size: int, kee
     return sum(w * f for w, f in zip(coeffs["log_ratio"], features(B, n, d, block_size, keep)))
 
 
+def machine_kernel_path(device_type: str) -> str | None:
+    """The sparse kernel's fp32 code path on this machine (``"avx512"`` / ``"avx2"`` / ``"portable"`` on CPU; None
+    for device kinds whose fit does not depend on one).  Found once per process."""
+    if device_type != "cpu":
+        return None
+    if device_type not in _MACHINE_PATH:
+        import torch
+
+        from .cpu import cpu_isa  # loads the cpu extension (built on first use)
+
+        _MACHINE_PATH[device_type] = cpu_isa(torch.float32)
+    return _MACHINE_PATH[device_type]
+
+
+def fit_for(device_type: str) -> dict | None:
+    """The fitted coefficients ``auto`` uses on this machine for ``device_type``: None when there is no fit, or when
+    the fit records a kernel code path other than this machine's."""
+    coeffs = cost_model().get(device_type)
+    if coeffs is None or "kernel_path" not in coeffs:
+        return coeffs
+    return coeffs if coeffs["kernel_path"] == machine_kernel_path(device_type) else None
+
+
 def choose_backend(device_type: str, B: int, H: int, n: int, d: int, block_size: int, keep: float, *,
                    needs_grad: bool = False) -> str:
     """``"cpu"``/``"cupy"`` (block-sparse) or ``"masked_sdpa"`` for one call; see the module docstring.
     ``needs_grad``: the call runs under autograd with inputs that require grad (e.g. an eval-mode forward whose loss
     is back-propagated), so a forward-only kernel is not eligible."""
-    coeffs = cost_model().get(device_type)
-    if coeffs is None or device_type not in SPARSE_BACKEND:
+    if device_type not in SPARSE_BACKEND:
+        return "masked_sdpa"
+    coeffs = fit_for(device_type)
+    if coeffs is None:
         return "masked_sdpa"
     if needs_grad and SPARSE_BACKEND[device_type] in FORWARD_ONLY:
         return "masked_sdpa"
