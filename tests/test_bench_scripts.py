@@ -188,3 +188,7 @@ def test_policy_cost_script(tmp_path):
         assert r["forward_ratio_vs_sdpa"] == pytest.approx(r["dendritic_forward_ms"] / r["dense_forward_ms"])
         assert r["attention_path"] and set(r["attention_path"]) <= {"cpu", "masked_sdpa", "sdpa", "reference"}
         assert 0.0 < r["achieved_sparsity"] < 1.0
+        # the breakdown: one layer's policy (per-layer share of policy_ms) and its GEMM, which is part of the call
+        assert r["layer_policy_us"] == pytest.approx(r["policy_ms"] * 1e3 / r["layers"])
+        assert 0 < r["layer_scorer_gemm_hot_us"] and 0 < r["layer_policy_hot_us"]
+        assert 0 < r["layer_scorer_gemm_after_forward_us"] and 0 < r["layer_policy_after_forward_us"]

@@ -18,6 +18,13 @@ sparsity 0.5), timed INTERLEAVED in the same rounds (medians):
 
 Rows: ``policy_share_of_forward`` = policy / dense_forward and ``policy_share_of_attention`` = policy /
 dense_attention, the quantities of the goal (≤ 5 % of the forward at n = 128, ≤ 5 % of attention at n ≥ 512).
+
+Where the policy's time goes (per layer, µs, medians of the same number of rounds, timed apart from the rounds
+above): ``layer_policy_us`` — ``policy`` as timed above, per layer; ``layer_policy_hot_us`` — the fused call back to
+back (caches and worker threads warm: what the code itself costs); ``layer_policy_after_forward_us`` — each timed
+call right after an untimed dense forward (the state a layer's policy meets inside a model: weights evicted,
+threads just busy); ``layer_scorer_gemm_hot_us`` / ``layer_scorer_gemm_after_forward_us`` — its one GEMM alone
+(``[fq | fk] = pooled · [W_q; W_k]ᵀ + b``, the block-pooled hidden states) in the same two states.
 The load average at the start is recorded: time on idle cores.
 
     python -m reproduce.bench.policy_cost            # ~3 min on 2 idle cores
@@ -37,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dendritic.bench import dense_twin, interleaved, load_average, shaped_model
+from dendritic.bench import dense_twin, interleaved, load_average, shaped_model, timed
 from dendritic.provenance import atomic_write_json, provenance
 
 from ..paths import RESULTS
@@ -107,6 +114,27 @@ def measure(n: int, block_size: int, batch: int, rounds: int, scorer_rank: int |
         raise RuntimeError(f"the fused policy did not run at n={n}, block {block_size}")
     times = interleaved(fns, rounds)
     med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    # where the policy's time goes: the fused call and its GEMM, warm vs right after a dense forward
+    from dendritic.fused_policy import scorer_weights
+
+    w_qk, b_qk = scorer_weights(attn.scorer)
+    pooled = torch.randn(batch * -(-n // block_size), model.config.hidden_size, generator=g)
+
+    def scorer_gemm():
+        return torch.addmm(b_qk, pooled, w_qk)
+
+    def after_forward(fn):
+        def timed_after():
+            twin(input_ids=ids, attention_mask=mask)
+            return timed(fn)
+        return [timed_after() for _ in range(rounds)]
+
+    hot = interleaved({"policy": lambda: policy(True), "gemm": scorer_gemm}, rounds, warmup=3)
+    breakdown = {"layer_policy_us": med["policy"] * 1e3,
+                 "layer_policy_hot_us": statistics.median(hot["policy"]) * 1e6,
+                 "layer_policy_after_forward_us": statistics.median(after_forward(lambda: policy(True))) * 1e6,
+                 "layer_scorer_gemm_hot_us": statistics.median(hot["gemm"]) * 1e6,
+                 "layer_scorer_gemm_after_forward_us": statistics.median(after_forward(scorer_gemm)) * 1e6}
     per_model = {name: med[name] * (layers if name in ("policy", "policy_python", "dense_attention") else 1)
                  for name in med}
     return {
@@ -120,6 +148,7 @@ def measure(n: int, block_size: int, batch: int, rounds: int, scorer_rank: int |
         "python_over_fused": per_model["policy_python"] / per_model["policy"],
         "dendritic_forward_ms": per_model["dendritic_forward"], "attention_path": paths,
         "forward_ratio_vs_sdpa": per_model["dendritic_forward"] / per_model["dense_forward"],
+        **breakdown,
     }
 
 

@@ -266,14 +266,18 @@ def table_policy_cost(out: Output) -> None:
         return
     cols = ["n", "block_size", "batch", "policy_impl", "achieved_sparsity", "policy_ms", "policy_python_ms",
             "dense_forward_ms", "dense_attention_ms", "policy_share_of_forward", "policy_share_of_attention",
-            "forward_ratio_vs_sdpa", "attention_path"]
+            "forward_ratio_vs_sdpa", "attention_path", "layer_policy_hot_us", "layer_policy_after_forward_us",
+            "layer_scorer_gemm_hot_us", "layer_scorer_gemm_after_forward_us"]
     header = ["n", "block", "batch", "policy", "block sparsity", "policy ms (all layers)", "Python modules ms",
               "dense forward ms", "dense attention ms", "policy ÷ forward %", "policy ÷ attention %",
-              "whole forward ÷ dense SDPA", "attention path (auto)"]
+              "whole forward ÷ dense SDPA", "attention path (auto)", "one layer's policy µs: warm",
+              "… after a dense forward", "its scorer GEMM µs: warm", "… after a dense forward"]
 
     def cell(c, v):
-        if v is None:  # files from before the whole-forward column
+        if v is None:  # files from before the whole-forward or the breakdown columns
             return "–"
+        if c.endswith("_us"):
+            return f"{v:.0f}"
         if c.startswith("policy_share"):
             return f"{100 * v:.1f}"
         if c == "attention_path":
@@ -301,7 +305,9 @@ def table_policy_cost(out: Output) -> None:
     caption = [("Policy cost at inference: scorer + gate + threshold + mask compaction of all layers (the fused "
                 "C++ call the model makes; the Python modules beside it), vs the dense twin's whole forward and its "
                 "attention alone (SDPA), and the whole DendriticBERT forward (attention_backend auto), MiniLM-L6 "
-                "shapes, random weights, target 0.5 (not a trained model), interleaved medians."),
+                "shapes, random weights, target 0.5 (not a trained model), interleaved medians; the last four columns: "
+                "one layer's fused call and its scorer GEMM timed back to back (warm) and each right after a dense "
+                "forward (what a layer's policy meets inside a model)."),
                "Goal (#15): " + ("; ".join(goal) if goal else "no fused rows") + ".",
                "Machine: " + _provenance_line(prov) + _load_line(prov) + "."]
     out.table("table_policy_cost", header, table, caption, [path], "policy cost vs the dense forward and attention",
