@@ -11,7 +11,7 @@ Code paths, chosen at run time (never from the build machine's ISA):
   1-4) go by groups of 16 / block_size query blocks, one query row per vector lane, over the union of the group's
   kept key blocks with a per-row lane mask — the same function, at full vector width;
 * ``"avx2"``: fp32 on CPUs with AVX2 and FMA but no AVX-512 (``csrc/block_sparse_avx2.cpp``, the same kernel with
-  8-wide vectors);
+  8-wide vectors; blocks under 8 tokens grouped 8 query rows a task, as above);
 * ``"portable"``: plain C++ (auto-vectorised for the compiler's baseline ISA) for fp64, and for fp32 on every
   other x86-64 or ARM CPU.
 

@@ -1,5 +1,6 @@
 // AVX2 + FMA fp32 block-sparse attention forward: the AVX-512 kernel (block_sparse_avx512.cpp) with 8-wide vectors,
-// for the many x86-64 CPUs without AVX-512 (where the portable path would fall back to SSE2).
+// for the many x86-64 CPUs without AVX-512 (where the portable path would fall back to SSE2).  Blocks under 8 tokens
+// go by groups of 8 / block_size query blocks (run_group_task, below), as the AVX-512 path groups blocks under 16.
 //
 // Every function here carries DENDRITIC_AVX2 (a per-function target attribute), so this TU is built with the same
 // flags as the rest of the extension and the binary still loads on older CPUs; the dispatcher in
@@ -190,11 +191,147 @@ __attribute__((target("avx2,fma"))) void run_task(const BlockSparseParams& p, in
   }
 }
 
+// -- Small blocks (block_size < 8): one task per GROUP of 8 / block_size query blocks (one query row per lane) over
+// the union of their kept key blocks, with a per-key lane mask — the AVX-512 file's run_group_task with 8 lanes (see
+// the comment there: the same function as run_task; a block kept by one row of the group is read for all of them).
+constexpr int GKJ = 8;  // keys per Q.K^T register tile (one query vector: 8 accumulators + 2 registers)
+constexpr int GDD = 8;  // head dims per P.V register tile
+
+// The lane mask (bit i = query row i of the group) as a vector of all-ones / all-zeros lanes.
+DENDRITIC_AVX2 __m256 lane_mask(uint32_t bits) {
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)bits), lane_bit);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane_bit));
+}
+
+DENDRITIC_AVX2 void qk_gathered(const float* __restrict Qt, const float* const* kr, const uint32_t* kmask, int64_t d,
+                                int kc, float* __restrict S, __m256* mt) {
+  const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
+  for (int j0 = 0; j0 < kc; j0 += GKJ) {
+    const int u_end = (GKJ < kc - j0) ? GKJ : kc - j0;
+    __m256 acc[GKJ];
+    for (int u = 0; u < GKJ; ++u) acc[u] = _mm256_setzero_ps();
+    for (int64_t e = 0; e < d; ++e) {
+      const __m256 qv = _mm256_load_ps(Qt + e * 8);
+      for (int u = 0; u < GKJ; ++u)  // rows past u_end repeat the chunk's last key (never stored)
+        acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(kr[j0 + (u < u_end ? u : u_end - 1)][e]), qv, acc[u]);
+    }
+    for (int u = 0; u < u_end; ++u) {
+      const __m256 sv = _mm256_blendv_ps(ninf, acc[u], lane_mask(kmask[j0 + u]));
+      *mt = _mm256_max_ps(*mt, sv);
+      _mm256_store_ps(S + (int64_t)(j0 + u) * 8, sv);
+    }
+  }
+}
+
+template <int T>
+DENDRITIC_AVX2 void pv_gathered(const float* __restrict S, const float* const* vr, int64_t e0, int kc, __m256 alpha,
+                                float* __restrict Ot) {
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_mul_ps(_mm256_load_ps(Ot + (e0 + t) * 8), alpha);
+  for (int j = 0; j < kc; ++j) {
+    const __m256 pj = _mm256_load_ps(S + (int64_t)j * 8);
+    const float* v = vr[j] + e0;
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(v[t]), pj, acc[t]);
+  }
+  for (int t = 0; t < T; ++t) _mm256_store_ps(Ot + (e0 + t) * 8, acc[t]);
+}
+
+DENDRITIC_AVX2 void gathered_chunk(const float* Qt, const float* const* kr, const float* const* vr,
+                                   const uint32_t* kmask, int64_t d, int kc, float* S, float* Ot, __m256* m,
+                                   __m256* l) {
+  __m256 mt = _mm256_set1_ps(-__builtin_inff());
+  qk_gathered(Qt, kr, kmask, d, kc, S, &mt);
+  const __m256 mn = _mm256_max_ps(*m, mt);
+  const __m256 dead = _mm256_cmp_ps(mn, _mm256_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+  const __m256 mu = _mm256_blendv_ps(mn, _mm256_setzero_ps(), dead);
+  const __m256 alpha = exp_ps(_mm256_sub_ps(*m, mu));
+  *m = mn;
+  __m256 rs = _mm256_setzero_ps();
+  for (int j = 0; j < kc; ++j) {
+    float* sp = S + (int64_t)j * 8;
+    const __m256 pj = exp_ps(_mm256_sub_ps(_mm256_load_ps(sp), mu));
+    rs = _mm256_add_ps(rs, pj);
+    _mm256_store_ps(sp, pj);
+  }
+  *l = _mm256_fmadd_ps(*l, alpha, rs);
+  int64_t e0 = 0;
+  for (; e0 + GDD <= d; e0 += GDD) pv_gathered<GDD>(S, vr, e0, kc, alpha, Ot);
+  for (; e0 < d; ++e0) pv_gathered<1>(S, vr, e0, kc, alpha, Ot);
+}
+
+__attribute__((target("avx2,fma"))) void run_group_task(const BlockSparseParams& p, int64_t task, float* scratch) {
+  const int64_t d = p.d, n = p.n, bs = p.block_size, nb = p.nb, G = 8 / bs, groups = (nb + G - 1) / G;
+  const int64_t bh = task / groups, g = task % groups, b = bh / p.H;
+  const float* Qh = static_cast<const float*>(p.q) + bh * n * d;
+  const float* Kh = static_cast<const float*>(p.k) + bh * n * d;
+  const float* Vh = static_cast<const float*>(p.v) + bh * n * d;
+  float* Oh = static_cast<float*>(p.out) + bh * n * d;
+  const uint8_t* kvalid = p.key_valid ? p.key_valid + b * n : nullptr;
+
+  float* Qt = scratch;      // d * 8
+  float* Ot = Qt + d * 8;   // d * 8
+  float* S = Ot + d * 8;    // KC * 8
+  uint32_t* lanes = reinterpret_cast<uint32_t*>(S + KC * 8);  // nb: lane mask of each key block, 0 = not kept
+
+  const int64_t qb0 = g * G, qb1 = (qb0 + G < nb) ? qb0 + G : nb;
+  const int64_t q0 = qb0 * bs, q1 = (qb1 * bs < n) ? qb1 * bs : n, rows = q1 - q0;
+  int64_t lo = nb, hi = -1;
+  for (int64_t qb = qb0; qb < qb1; ++qb) {
+    const int64_t t = bh * nb + qb;
+    const uint32_t bits = ((1u << bs) - 1u) << ((qb - qb0) * bs);
+    const int32_t* idx = p.idx + t * nb;
+    for (int64_t s = 0; s < p.nblk[t]; ++s) {
+      const int32_t kb = idx[s];
+      lanes[kb] |= bits;
+      lo = kb < lo ? kb : lo, hi = kb > hi ? kb : hi;
+    }
+  }
+
+  const float c = (float)p.scale;
+  const float* Qr = Qh + q0 * d;
+  for (int64_t e = 0; e < d; ++e)
+    for (int64_t i = 0; i < 8; ++i) Qt[e * 8 + i] = i < rows ? Qr[i * d + e] * c : 0.0f;
+  for (int64_t x = 0; x < d * 8; x += 8) _mm256_store_ps(Ot + x, _mm256_setzero_ps());
+  __m256 m = _mm256_set1_ps(-__builtin_inff()), l = _mm256_setzero_ps();
+  const float* kr[KC];
+  const float* vr[KC];
+  uint32_t km[KC];
+  int kc = 0;
+  for (int64_t kb = lo; kb <= hi; ++kb) {
+    if (lanes[kb] == 0) continue;
+    const int64_t k0 = kb * bs, k1 = (k0 + bs < n) ? k0 + bs : n;
+    const uint32_t mask = lanes[kb];
+    lanes[kb] = 0;  // leave the scratch zeroed for the next task
+    for (int64_t t = k0; t < k1; ++t) {
+      if (kvalid != nullptr && !kvalid[t]) continue;  // padded key: no lane sees it
+      kr[kc] = Kh + t * d, vr[kc] = Vh + t * d, km[kc] = mask;
+      if (++kc == KC) gathered_chunk(Qt, kr, vr, km, d, kc, S, Ot, &m, &l), kc = 0;
+    }
+  }
+  if (kc > 0) gathered_chunk(Qt, kr, vr, km, d, kc, S, Ot, &m, &l);
+  float inv[8];
+  const __m256 live = _mm256_cmp_ps(l, _mm256_setzero_ps(), _CMP_GT_OQ);
+  _mm256_storeu_ps(inv, _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), l), live));
+  float* Or = Oh + q0 * d;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t e = 0; e < d; ++e) Or[i * d + e] = Ot[e * 8 + i] * inv[i];
+}
+
 }  // namespace
 
 bool avx2_compiled() { return true; }
 
-int64_t avx2_scratch_floats(const BlockSparseParams& p) { return (2 * p.d + KC) * 32 + 16; }
+int64_t avx2_scratch_floats(const BlockSparseParams& p) {
+  return (2 * p.d + KC) * 32 + 16 + p.nb;  // run_task<2>'s tiles, or run_group_task's and its nb lane masks
+}
+
+int64_t avx2_group_tasks(const BlockSparseParams& p) {
+  const int64_t G = 8 / p.block_size;
+  return p.B * p.H * ((p.nb + G - 1) / G);
+}
+
+void avx2_run_group_task(const BlockSparseParams& p, int64_t task, float* scratch) { run_group_task(p, task, scratch); }
 
 void avx2_run_task(const BlockSparseParams& p, int64_t task, float* scratch) {
   if (p.block_size <= 8)
@@ -211,6 +348,8 @@ namespace dendritic {
 bool avx2_compiled() { return false; }
 int64_t avx2_scratch_floats(const BlockSparseParams&) { return 0; }
 void avx2_run_task(const BlockSparseParams&, int64_t, float*) {}
+int64_t avx2_group_tasks(const BlockSparseParams&) { return 0; }
+void avx2_run_group_task(const BlockSparseParams&, int64_t, float*) {}
 }  // namespace dendritic
 
 #endif

@@ -3,7 +3,8 @@
 // Work is split into (batch, head, query block) tasks handed out dynamically (an atomic counter inside
 // at::parallel_for), because rows keep uneven numbers of key blocks.  Each task walks only its kept key blocks,
 // so time scales with kept blocks.  (On the AVX-512 path blocks under 16 tokens are grouped instead, 16 query rows
-// a task over the union of their blocks' kept key blocks: see run_group_task in block_sparse_avx512.cpp.)  Three code paths compute the same online-softmax algorithm:
+// a task over the union of their blocks' kept key blocks: see run_group_task in block_sparse_avx512.cpp; on the
+// AVX2 path blocks under 8, 8 rows a task.)  Three code paths compute the same online-softmax algorithm:
 //   * AVX-512 (fp32): block_sparse_avx512.cpp, per-function target attributes, chosen at run time when
 //     __builtin_cpu_supports("avx512f") and ("fma");
 //   * AVX2 (fp32): block_sparse_avx2.cpp, the same with 8-wide vectors, when ("avx2") and ("fma") but no AVX-512;
@@ -226,6 +227,14 @@ torch::Tensor forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::
       AlignedBuffer buf(scratch * sizeof(float));
       for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
         avx512_run_task(p, t, static_cast<float*>(buf.ptr));
+    });
+  } else if (path == "avx2" && block_size < 8) {  // small blocks: groups of query blocks fill the 8 lanes
+    const int64_t scratch = avx2_scratch_floats(p), groups = avx2_group_tasks(p);
+    run_tasks(groups, [&](std::atomic<int64_t>& next) {
+      AlignedBuffer buf(scratch * sizeof(float));
+      std::memset(buf.ptr, 0, scratch * sizeof(float));
+      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < groups;)
+        avx2_run_group_task(p, t, static_cast<float*>(buf.ptr));
     });
   } else if (path == "avx2") {
     const int64_t scratch = avx2_scratch_floats(p);

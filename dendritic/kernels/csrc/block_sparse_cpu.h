@@ -31,5 +31,7 @@ void avx512_run_group_task(const BlockSparseParams& p, int64_t task, float* scra
 bool avx2_compiled();
 int64_t avx2_scratch_floats(const BlockSparseParams& p);
 void avx2_run_task(const BlockSparseParams& p, int64_t task, float* scratch);
+int64_t avx2_group_tasks(const BlockSparseParams& p);  // blocks under 8 tokens: groups of 8 / block_size
+void avx2_run_group_task(const BlockSparseParams& p, int64_t task, float* scratch);
 
 }  // namespace dendritic
