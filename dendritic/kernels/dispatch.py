@@ -16,7 +16,7 @@ the achieved sparsity of the call is recorded beside the path.  A device kind wi
 
 A fit holds for the kernel code path it timed: the CPU fit records ``kernel_path`` (``"avx512"``, ``"avx2"``,
 ``"portable"``: the ``cpu`` kernel's fp32 path on the fitting machine), and on a machine whose path differs — an
-AVX2-only CPU reading a fit made with AVX-512, where small blocks run at half the vector width — the fit is not
+AVX2-only CPU reading a fit made with AVX-512 (half the kernel's vector width; SDPA's too) — the fit is not
 used and ``auto`` runs masked SDPA, as with no fit.  Refit there (``python -m reproduce.bench.dispatch``).  Telling
 the path loads the ``cpu`` extension on the first CPU call (:meth:`DendriticBertModel.prepare_backends` does it
 ahead, e.g. before ``torch.compile``).

@@ -5,7 +5,7 @@
 // Every function here carries DENDRITIC_AVX2 (a per-function target attribute), so this TU is built with the same
 // flags as the rest of the extension and the binary still loads on older CPUs; the dispatcher in
 // block_sparse_cpu.cpp calls in only after __builtin_cpu_supports("avx2") and ("fma").  Only intrinsics and plain
-// C are used (no STL), and everything but the three entry points has internal linkage.
+// C are used (no STL), and everything but the entry points declared in block_sparse_cpu.h has internal linkage.
 //
 // Layout of one query chunk (M = 8*MV query rows), all tiles L1-sized:
 //   Qt[d][M]   query chunk, transposed and pre-multiplied by the softmax scale
