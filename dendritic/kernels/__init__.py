@@ -23,6 +23,7 @@ import importlib
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .reference import reference_attention
@@ -113,13 +114,18 @@ def validate_inputs(
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
     if check_values and kv_num_blocks.numel():
-        lo, hi = int(kv_num_blocks.min()), int(kv_num_blocks.max())
+        # On CPU through NumPy views (no copy): the same reductions at ~1 µs an operation instead of ATen's ~20 — the
+        # check cost ~0.3 ms a call in ATen ops, a quarter of a 0.9 ms kernel call at n = 512.
+        xp = np if kv_num_blocks.device.type == "cpu" else torch
+        nblk = kv_num_blocks.numpy() if xp is np else kv_num_blocks
+        idx_all = kv_indices.numpy() if xp is np else kv_indices
+        lo, hi = int(nblk.min()), int(nblk.max())
         if lo < 0 or hi > nb:
             raise ValueError(f"kv_num_blocks must lie in [0, {nb}] (number of key blocks), got values in [{lo}, {hi}]")
-        slot = torch.arange(nb, device=kv_indices.device)
-        used = slot < kv_num_blocks[..., None]
+        slot = np.arange(nb) if xp is np else torch.arange(nb, device=kv_indices.device)
+        used = slot < nblk[..., None]
         if used.any():
-            idx = kv_indices[used]
+            idx = idx_all[used]
             ilo, ihi = int(idx.min()), int(idx.max())
             if ilo < 0 or ihi >= nb:
                 raise ValueError(f"kv_indices must lie in [0, {nb - 1}] in the used slots, got values in [{ilo}, {ihi}]")
