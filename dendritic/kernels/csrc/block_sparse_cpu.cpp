@@ -166,6 +166,19 @@ struct AlignedBuffer {
   ~AlignedBuffer() { std::free(ptr); }
 };
 
+// Hands out tasks 0..ntasks-1 to the threads; each thread owns one 64-byte-aligned scratch of `elems` elements of
+// T (zero-filled once when `zeroed`: the grouped paths rely on unused lanes/keys of their scratch starting at 0)
+// and calls task_fn(task, scratch) for every task it takes.
+template <typename T, typename Fn>
+void run_with_scratch(int64_t ntasks, int64_t elems, bool zeroed, Fn&& task_fn) {
+  run_tasks(ntasks, [&](std::atomic<int64_t>& next) {
+    AlignedBuffer buf(elems * sizeof(T));
+    if (zeroed) std::memset(buf.ptr, 0, elems * sizeof(T));
+    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
+      task_fn(t, static_cast<T*>(buf.ptr));
+  });
+}
+
 torch::Tensor forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor kv_num_blocks,
                       torch::Tensor kv_indices, c10::optional<torch::Tensor> key_padding_mask, int64_t block_size,
                       double scale, int64_t isa) {
@@ -213,43 +226,22 @@ torch::Tensor forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::
   }
 
   const int64_t ntasks = B * H * nb;
-  if (path == "avx512" && block_size < 16) {  // small blocks: groups of query blocks fill the vector lanes
-    const int64_t scratch = avx512_scratch_floats(p), groups = avx512_group_tasks(p);
-    run_tasks(groups, [&](std::atomic<int64_t>& next) {
-      AlignedBuffer buf(scratch * sizeof(float));
-      std::memset(buf.ptr, 0, scratch * sizeof(float));
-      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < groups;)
-        avx512_run_group_task(p, t, static_cast<float*>(buf.ptr));
-    });
+  if (path == "avx512" && block_size < 16) {  // small blocks: groups of query blocks fill the 16 lanes
+    run_with_scratch<float>(avx512_group_tasks(p), avx512_scratch_floats(p), /*zeroed=*/true,
+                            [&](int64_t t, float* s) { avx512_run_group_task(p, t, s); });
   } else if (path == "avx512") {
-    const int64_t scratch = avx512_scratch_floats(p);
-    run_tasks(ntasks, [&](std::atomic<int64_t>& next) {
-      AlignedBuffer buf(scratch * sizeof(float));
-      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
-        avx512_run_task(p, t, static_cast<float*>(buf.ptr));
-    });
+    run_with_scratch<float>(ntasks, avx512_scratch_floats(p), /*zeroed=*/false,
+                            [&](int64_t t, float* s) { avx512_run_task(p, t, s); });
   } else if (path == "avx2" && block_size < 8) {  // small blocks: groups of query blocks fill the 8 lanes
-    const int64_t scratch = avx2_scratch_floats(p), groups = avx2_group_tasks(p);
-    run_tasks(groups, [&](std::atomic<int64_t>& next) {
-      AlignedBuffer buf(scratch * sizeof(float));
-      std::memset(buf.ptr, 0, scratch * sizeof(float));
-      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < groups;)
-        avx2_run_group_task(p, t, static_cast<float*>(buf.ptr));
-    });
+    run_with_scratch<float>(avx2_group_tasks(p), avx2_scratch_floats(p), /*zeroed=*/true,
+                            [&](int64_t t, float* s) { avx2_run_group_task(p, t, s); });
   } else if (path == "avx2") {
-    const int64_t scratch = avx2_scratch_floats(p);
-    run_tasks(ntasks, [&](std::atomic<int64_t>& next) {
-      AlignedBuffer buf(scratch * sizeof(float));
-      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
-        avx2_run_task(p, t, static_cast<float*>(buf.ptr));
-    });
+    run_with_scratch<float>(ntasks, avx2_scratch_floats(p), /*zeroed=*/false,
+                            [&](int64_t t, float* s) { avx2_run_task(p, t, s); });
   } else {
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_portable", [&] {
-      run_tasks(ntasks, [&](std::atomic<int64_t>& next) {
-        AlignedBuffer buf((2 * d * W + PKC * W) * sizeof(scalar_t));
-        scalar_t* Qt = static_cast<scalar_t*>(buf.ptr);
-        for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;)
-          portable_task<scalar_t>(p, t, Qt, Qt + d * W, Qt + 2 * d * W);
+      run_with_scratch<scalar_t>(ntasks, 2 * d * W + PKC * W, /*zeroed=*/false, [&](int64_t t, scalar_t* Qt) {
+        portable_task<scalar_t>(p, t, Qt, Qt + d * W, Qt + 2 * d * W);
       });
     });
   }
