@@ -255,6 +255,10 @@ def build_fixtures(root: Path) -> None:
     _write(root / "ablations" / "inference_sweep.json", {"rows": sweep, "main_target": 0.5,
                                                          "matched": matched_summary(sweep, 0.5), "provenance": {}})
     long_sweep = [{**r, "task": "sotu_party", "n": 2048} for r in sweep if r.get("seed") == 0]  # one seed, n = 2048
+    # Per-run files: the swept seed's input dependence (4 %) differs from the summary's mean over seeds (10 %).
+    for seed, dep in ((0, 0.04), (1, 0.16)):
+        _write(root / "long" / "sotu_party" / f"dendritic-n2048-seed{seed}.json",
+               {"seed": seed, "input_dependence": {"input_dependence": dep}})
     _write(root / "long" / "inference_sweep.json", {"rows": long_sweep, "main_target": 0.5,
                                                     "matched": matched_summary(long_sweep, 0.5), "provenance": {}})
     # The dense model's sweep (--dense): no learned rows; the learned point is the DendriticBERT run's own evaluation.
@@ -422,11 +426,11 @@ def test_policy_matched_table(two_runs):
     assert cells[5] == "62.0 ± 1.0"  # learned: 0.66 - 0.05 (+ a point per seed)
     assert cells[6] == "56.0 ± 0.0" and "learned better" in cells[9]  # training-free: 0.66 - 2 × 0.05
     # The long-document table: the same summary per (task, n); one seed, so no verdict; input dependence from
-    # long/summary.json's row of that n.
+    # the swept seed's own run file, not long/summary.json's mean over every seed of that n.
     text = (root / "a" / "table_long_policy_matched.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| sotu_party-n2048 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "1" and cells[5] == "61.0" and "fewer than 3 seeds" in cells[9] and cells[12] == "10.0"
+    assert cells[2] == "1" and cells[5] == "61.0" and "fewer than 3 seeds" in cells[9] and cells[12] == "4.0"
     assert "long-document DendriticBERT" in text
     # The dense model under masks, against the same seed's DendriticBERT at the sparsity that one reached.
     text = (root / "a" / "table_long_dense_masks.md").read_text()

@@ -242,7 +242,7 @@ def table_policy_matched(out: Output) -> None:
     glue_path = out.results / "glue" / "summary.json"
     glue = load_json(glue_path) if glue_path.exists() else {}
     _policy_matched(out, "table_policy_matched", out.results / "ablations" / "inference_sweep.json",
-                    [glue_path] if glue else [], lambda key: glue.get(key, {}).get("input_dependence"),
+                    [glue_path] if glue else [], lambda key, seeds: glue.get(key, {}).get("input_dependence"),
                     models="each seed's DendriticBERT fine-tuned at target {target} (Table 1's models)",
                     swept="training-free and random: targets 0.3–0.9; static: windows 0–8 blocks",
                     dependence="Table 1's summary")
@@ -251,15 +251,20 @@ def table_policy_matched(out: Output) -> None:
 def table_long_policy_matched(out: Output) -> None:
     """#14 — the same question where skipping attention pays: the long-document DendriticBERT at each swept n, on
     its dev windows (``python -m reproduce.sweep_inference --long N``)."""
-    long_path = out.results / "long" / "summary.json"
-    summary = load_json(long_path) if long_path.exists() else {}
-    dep = {f"{r['task']}-n{r['n']}": r.get("input_dependence") for r in summary.get("rows", [])}
+    def dependence(key: str, seeds: list[int]) -> float | None:
+        # the swept seeds' own runs (the summary's mean can cover seeds the sweep has not evaluated)
+        task, n = key.rsplit("-n", 1)
+        runs = [out.results / "long" / task / f"dendritic-n{n}-seed{k}.json" for k in seeds]
+        values = [(load_json(r).get("input_dependence") or {}).get("input_dependence") for r in runs if r.exists()]
+        return sum(values) / len(values) if values and len(values) == len(seeds) and all(map(is_num, values)) else None
+
+    run_files = sorted((out.results / "long").glob("*/dendritic-n*-seed*.json"))
     _policy_matched(out, "table_long_policy_matched", out.results / "long" / "inference_sweep.json",
-                    [long_path] if summary else [], dep.get,
+                    run_files, dependence,
                     models="the long-document DendriticBERT (64-token blocks) fine-tuned at target {target}, on its dev "
                            "windows of n tokens",
                     swept="training-free and random: targets 0.5–0.9; static: windows 0–4 blocks",
-                    dependence="reproduce/results/long/summary.json", name_what="long documents")
+                    dependence="the swept seeds' run files", name_what="long documents")
 
 
 def table_long_dense_masks(out: Output) -> None:
@@ -267,7 +272,7 @@ def table_long_dense_masks(out: Output) -> None:
     masks, under training-free / static / random masks at the sparsity its DendriticBERT reached
     (``python -m reproduce.sweep_inference --long N --dense``)."""
     _policy_matched(out, "table_long_dense_masks", out.results / "long" / "inference_sweep_dense.json", [],
-                    lambda key: None,
+                    lambda key, seeds: None,
                     models="the dense long-document model (never fine-tuned under masks; 64-token blocks) on its dev "
                            "windows of n tokens, against the same seed's DendriticBERT (sparsified from it at target "
                            "{target})",
@@ -310,7 +315,7 @@ def _policy_matched(out: Output, name: str, path: Path, extra_sources: list[Path
                 return "–"
             return f"{pm(st['mean'], st['std'])} ({st['beyond_noise'] or 'fewer than 3 seeds'})"
 
-        dep = dependence_of(t)
+        dep = dependence_of(t, m["seeds"])
         rows.append([task_label(t), METRIC.get(m["metric"], m["metric"]), str(len(m["seeds"])),
                      pm(m["sparsity"]["mean"], m["sparsity"]["std"]), *[cell(p) for p in policies],
                      *[margin(p) for p in ("training_free", "static", "random")], pct(dep, 1) if is_num(dep) else "–"])
